@@ -1,0 +1,162 @@
+"""Batched multi-head entry points, built by ``vmap`` of the per-head functions.
+
+Layout follows ``jax.nn.dot_product_attention``: ``q [B, T, H, Dk]``, ``k [B, S, H, Dk]``,
+``v [B, S, H, Dv]``, context ``[B, T, H, Dv]``. Per-query outputs (weights, index, ...)
+come out as ``[B, H, T, ...]``, the layout of ``flax.linen.dot_product_attention_weights``.
+
+Masks are bool and broadcastable to ``[B, H, T, S]`` with rank 4 (size-1 axes are not
+materialised: they become ``in_axes=None``). Per-head score parameters (e.g. one bilinear
+``w`` per head) are passed as ``score_params``, a dict of arrays with a leading ``[H]`` axis,
+and reach ``score_fn`` as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from attnlab import hard, normalizers, scores, soft
+
+
+def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if x.ndim != 4:
+      raise ValueError(f"{name} must be [batch, time, heads, dim], got shape {x.shape}.")
+  batch, q_len, heads, _ = q.shape
+  if k.shape[:1] + k.shape[2:3] != (batch, heads) or v.shape[:3] != k.shape[:3]:
+    raise ValueError(
+        f"q {q.shape}, k {k.shape}, v {v.shape} disagree: expected q [B, T, H, Dk], "
+        "k [B, S, H, Dk], v [B, S, H, Dv] with the same B and H."
+    )
+  k_len = k.shape[1]
+  if mask is not None:
+    expected = (batch, heads, q_len, k_len)
+    if mask.ndim != 4 or any(m not in (1, e) for m, e in zip(mask.shape, expected)):
+      raise ValueError(
+          f"mask of shape {mask.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
+          "(rank 4, each axis 1 or full)."
+      )
+  return batch, q_len, heads, k_len
+
+
+def _mask_axes(mask) -> tuple[Any, Any, Any]:
+  """Splits a rank-4 mask into (mask for vmap, batch in_axis, head in_axis)."""
+  if mask is None:
+    return None, None, None
+  batch_axis = None if mask.shape[0] == 1 else 0
+  head_axis = None if mask.shape[1] == 1 else 0
+  squeeze = tuple(a for a, ax in ((0, batch_axis), (1, head_axis)) if ax is None)
+  return jnp.squeeze(mask, squeeze), batch_axis, head_axis
+
+
+def _head_keys(key, batch: int, heads: int):
+  return None if key is None else jax.random.split(key, (batch, heads))
+
+
+def _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, head_out_axes):
+  """vmap(per_head) over heads (axis 2 of q/k/v) then batch (axis 0)."""
+  mask, mask_b, mask_h = _mask_axes(mask)
+  key_axis = None if keys is None else 0
+  over_heads = jax.vmap(
+      per_head,
+      in_axes=(1, 1, 1, mask_h, 0, key_axis),
+      out_axes=head_out_axes,
+  )
+  over_batch = jax.vmap(
+      over_heads,
+      in_axes=(0, 0, 0, mask_b, None, key_axis),
+      out_axes=0,
+  )
+  # Inside the batch vmap, q/k/v are [T, H, D]: heads on axis 1.
+  return over_batch(q, k, v, mask, score_params, keys)
+
+
+def multi_head_soft_attention(
+    q: chex.Array,
+    k: chex.Array,
+    v: chex.Array,
+    mask: chex.Array | None = None,
+    *,
+    score_fn: soft.ScoreFn = scores.scaled_dot,
+    score_params: dict[str, chex.Array] | None = None,
+    normalizer: soft.Normalizer = normalizers.softmax,
+    dropout_rate: float = 0.0,
+    dropout_key: chex.PRNGKey | None = None,
+) -> tuple[chex.Array, chex.Array]:
+  """Multi-head soft attention: :func:`attnlab.soft_attention` vmapped over heads and batch.
+
+  Args:
+    q: ``[B, T, H, Dk]``.
+    k: ``[B, S, H, Dk]``.
+    v: ``[B, S, H, Dv]``.
+    mask: bool, broadcastable to ``[B, H, T, S]`` with rank 4; ``True`` = may attend.
+    score_fn: per-head score function ``(q [T, Dk], k [S, Dk], **params) -> [T, S]``.
+    score_params: optional dict of per-head parameters, each with a leading ``[H]`` axis.
+    normalizer: per-head normaliser (see :mod:`attnlab.normalizers`).
+    dropout_rate: attention-weight dropout rate.
+    dropout_key: PRNG key when ``dropout_rate > 0`` (split per batch element and head).
+
+  Returns:
+    ``(context [B, T, H, Dv], weights [B, H, T, S])``. Fully masked queries give zeros.
+  """
+  batch, _, heads, _ = _check_layout(q, k, v, mask)
+  keys = _head_keys(dropout_key if dropout_rate > 0.0 else None, batch, heads)
+
+  def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, key):
+    fn = score_fn if params is None else functools.partial(score_fn, **params)
+    return soft.soft_attention(
+        q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, normalizer=normalizer,
+        dropout_rate=dropout_rate, dropout_key=key,
+    )  # fmt: skip
+
+  return _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, (1, 0))
+
+
+def multi_head_hard_attention(
+    key: chex.PRNGKey | None,
+    q: chex.Array,
+    k: chex.Array,
+    v: chex.Array,
+    mask: chex.Array | None = None,
+    *,
+    score_fn: soft.ScoreFn = scores.scaled_dot,
+    score_params: dict[str, chex.Array] | None = None,
+    mode: str | hard.HardMode = "sample",
+    temperature: float = 1.0,
+) -> hard.HardAttentionOutput:
+  """Multi-head hard attention: :func:`attnlab.hard_attention` vmapped over heads and batch.
+
+  Args:
+    key: PRNG key (split per batch element and head); required for ``mode="sample"``.
+    q: ``[B, T, H, Dk]``.
+    k: ``[B, S, H, Dk]``.
+    v: ``[B, S, H, Dv]``.
+    mask: bool, broadcastable to ``[B, H, T, S]`` with rank 4.
+    score_fn: per-head score function.
+    score_params: optional per-head score parameters with a leading ``[H]`` axis.
+    mode: ``"sample"`` or ``"argmax"``.
+    temperature: softmax temperature.
+
+  Returns:
+    :class:`attnlab.HardAttentionOutput` with ``context [B, T, H, Dv]`` and ``index``,
+    ``log_prob``, ``entropy``, ``valid`` ``[B, H, T]``, ``probs [B, H, T, S]``.
+  """
+  mode = hard.HardMode.parse(mode)
+  if mode is hard.HardMode.SAMPLE and key is None:
+    raise ValueError('multi_head_hard_attention(mode="sample") needs a PRNG key.')
+  batch, _, heads, _ = _check_layout(q, k, v, mask)
+  keys = _head_keys(key if mode is hard.HardMode.SAMPLE else None, batch, heads)
+
+  def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, head_key):
+    fn = score_fn if params is None else functools.partial(score_fn, **params)
+    return hard.hard_attention(
+        head_key, q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, mode=mode,
+        temperature=temperature,
+    )  # fmt: skip
+
+  out_axes = hard.HardAttentionOutput(1, 0, 0, 0, 0, 0)
+  return _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, out_axes)
