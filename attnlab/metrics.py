@@ -1,0 +1,280 @@
+"""Evaluation metrics for seq2seq with attention: pure, jit-friendly, masked for padding.
+
+Every metric returns an :class:`Average` ``(total, count)`` rather than a batch mean, so
+evaluation over many batches aggregates exactly (``a.merge(b)``; a mean of batch means is
+wrong when batches hold different numbers of tokens). ``Average.value`` is the mean, 0 when
+nothing was counted; ``float(avg)`` works outside ``jit``.
+
+Shapes: ``B`` batch, ``T`` target steps, ``S`` source positions, ``V`` vocabulary. Weights
+are the decoder's cross-attention ``[B, T, S]`` (``AttentionRecord.weights``); alignments are
+``attnlab.tasks.Batch.alignment`` (gold source position, -1 where undefined, at EOS and at
+padding), so alignment metrics need no extra mask.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from attnlab import masks
+
+_F32 = jnp.float32
+
+__all__ = [
+  "Average",
+  "alignment_accuracy",
+  "attention_entropy",
+  "attention_mass_on_gold",
+  "lenient_alignment_accuracy",
+  "negative_log_likelihood",
+  "sequence_accuracy",
+  "support_size",
+  "target_mask",
+  "token_accuracy",
+]
+
+
+class Average(NamedTuple):
+  """A mean kept as ``(total, count)`` so it aggregates exactly across batches.
+
+  Attributes:
+    total: float32 scalar, the sum of the per-item values.
+    count: int32 scalar, how many items were counted.
+  """
+
+  total: chex.Array
+  count: chex.Array
+
+  @property
+  def value(self) -> chex.Array:
+    """``total / count``, and 0 when ``count == 0``."""
+    return jnp.where(self.count > 0, self.total / jnp.maximum(self.count, 1), 0.0)
+
+  @classmethod
+  def zero(cls) -> Average:
+    """The empty average, a start value for :meth:`merge` loops."""
+    return cls(jnp.zeros((), _F32), jnp.zeros((), jnp.int32))
+
+  def merge(self, other: Average) -> Average:
+    """The average over the items of both."""
+    return Average(self.total + other.total, self.count + other.count)
+
+  def __float__(self) -> float:
+    return float(self.value)
+
+
+def _average(values_BxT: chex.Array, counted_BxT: chex.Array) -> Average:
+  # `where`, not a product: an uncounted item may hold inf/NaN garbage.
+  total = jnp.sum(jnp.where(counted_BxT, values_BxT.astype(_F32), 0.0))
+  return Average(total, jnp.sum(counted_BxT, dtype=jnp.int32))
+
+
+def target_mask(target_lengths_B: chex.Array, max_len: int) -> chex.Array:
+  """bool ``[B, T]``: ``True`` at target steps ``t < target_lengths[b]`` (EOS included)."""
+  chex.assert_rank(target_lengths_B, 1)
+  return masks.padding_mask(target_lengths_B, max_len)
+
+
+def token_accuracy(
+  predictions_BxT: chex.Array, targets_BxT: chex.Array, mask_BxT: chex.Array
+) -> Average:
+  """Fraction of unmasked target tokens predicted exactly.
+
+  ``Σ_{b,t} m_bt [ŷ_bt = y_bt] / Σ m_bt``. Under teacher forcing ``ŷ = argmax logits``;
+  under greedy decoding ``ŷ`` is the decoded sequence padded to ``T`` (the two differ on
+  token accuracy, not on sequence accuracy).
+
+  Args:
+    predictions_BxT: integer predicted tokens.
+    targets_BxT: integer gold tokens.
+    mask_BxT: bool, ``True`` at counted steps (see :func:`target_mask`).
+
+  Returns:
+    :class:`Average` over unmasked tokens.
+  """
+  chex.assert_rank([predictions_BxT, targets_BxT, mask_BxT], 2)
+  chex.assert_equal_shape([predictions_BxT, targets_BxT, mask_BxT])
+  return _average(predictions_BxT == targets_BxT, mask_BxT)
+
+
+def sequence_accuracy(
+  predictions_BxT: chex.Array, targets_BxT: chex.Array, mask_BxT: chex.Array
+) -> Average:
+  """Exact-match accuracy: a sequence counts as right only if every unmasked token is.
+
+  With the mask from :func:`target_mask` (EOS included) this is exact match of greedy
+  decoding: stopping early or late is a wrong token at the EOS step. Rows with no unmasked
+  step (batch padding) are not counted.
+
+  Args:
+    predictions_BxT: integer predicted tokens.
+    targets_BxT: integer gold tokens.
+    mask_BxT: bool, ``True`` at counted steps.
+
+  Returns:
+    :class:`Average` over sequences.
+  """
+  chex.assert_rank([predictions_BxT, targets_BxT, mask_BxT], 2)
+  chex.assert_equal_shape([predictions_BxT, targets_BxT, mask_BxT])
+  wrong_BxT = mask_BxT & (predictions_BxT != targets_BxT)
+  return _average(~jnp.any(wrong_BxT, axis=1), jnp.any(mask_BxT, axis=1))
+
+
+def negative_log_likelihood(
+  logits_BxTxV: chex.Array, targets_BxT: chex.Array, mask_BxT: chex.Array
+) -> Average:
+  """Mean per-token negative log-likelihood (nats), computed in float32.
+
+  ``-Σ_{b,t} m_bt log softmax(logits_bt)[y_bt] / Σ m_bt``. Finite for any finite logits
+  (bf16/fp16 are upcast first; masked steps never enter the sum).
+
+  Args:
+    logits_BxTxV: next-token logits, any float dtype.
+    targets_BxT: integer gold tokens in ``[0, V)``.
+    mask_BxT: bool, ``True`` at counted steps.
+
+  Returns:
+    :class:`Average` over unmasked tokens.
+  """
+  chex.assert_rank(logits_BxTxV, 3)
+  chex.assert_rank([targets_BxT, mask_BxT], 2)
+  chex.assert_equal_shape([targets_BxT, mask_BxT])
+  chex.assert_equal_shape_prefix([logits_BxTxV, targets_BxT], 2)
+  logits_BxTxV = logits_BxTxV.astype(_F32)
+  log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  gold_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1, mode="clip")
+  return _average(log_z_BxT - gold_BxT[..., 0], mask_BxT)
+
+
+def _attended(weights_BxTxS: chex.Array, alignment_BxT: chex.Array):
+  """argmax position per step, and whether the step is counted (gold defined, weights > 0)."""
+  chex.assert_rank(weights_BxTxS, 3)
+  chex.assert_rank(alignment_BxT, 2)
+  chex.assert_equal_shape_prefix([weights_BxTxS, alignment_BxT], 2)
+  argmax_BxT = jnp.argmax(weights_BxTxS, axis=-1)
+  # A step whose weights are all zero (a fully masked row) attended nowhere: never correct.
+  attended_BxT = jnp.max(weights_BxTxS, axis=-1) > 0
+  return argmax_BxT, attended_BxT, alignment_BxT >= 0
+
+
+def alignment_accuracy(weights_BxTxS: chex.Array, alignment_BxT: chex.Array) -> Average:
+  """Fraction of steps whose most-attended source position is the gold one.
+
+  ``Σ_{t: a_t >= 0} [argmax_s w_ts = a_t] / #{t: a_t >= 0}``; steps with alignment -1
+  (EOS, padding, undefined) are excluded, and the count is ``Average.count``. Ties go to
+  the first position (``jnp.argmax``); an all-zero row is never correct.
+
+  Args:
+    weights_BxTxS: attention weights per target step.
+    alignment_BxT: int gold source position, -1 where not counted.
+
+  Returns:
+    :class:`Average` over counted steps.
+
+  References:
+    Deng et al., "Latent Alignment and Variational Attention", NeurIPS 2018.
+  """
+  argmax_BxT, attended_BxT, counted_BxT = _attended(weights_BxTxS, alignment_BxT)
+  return _average(attended_BxT & (argmax_BxT == alignment_BxT), counted_BxT)
+
+
+def lenient_alignment_accuracy(
+  weights_BxTxS: chex.Array, alignment_BxT: chex.Array, inputs_BxS: chex.Array
+) -> Average:
+  """Alignment accuracy that accepts any source position holding the gold token.
+
+  ``[x_{argmax_s w_ts} = x_{a_t}]`` over steps with ``a_t >= 0``. For sort with duplicate
+  digits the stable-sort gold position is one of several equally valid ones.
+
+  Args:
+    weights_BxTxS: attention weights per target step.
+    alignment_BxT: int gold source position, -1 where not counted.
+    inputs_BxS: integer source tokens.
+
+  Returns:
+    :class:`Average` over counted steps (the same count as :func:`alignment_accuracy`).
+
+  References:
+    Vinyals et al., "Order Matters: Sequence to Sequence for Sets", ICLR 2016 (sorting).
+  """
+  chex.assert_rank(inputs_BxS, 2)
+  chex.assert_equal_shape([weights_BxTxS[:, 0, :], inputs_BxS])
+  argmax_BxT, attended_BxT, counted_BxT = _attended(weights_BxTxS, alignment_BxT)
+  attended_token_BxT = jnp.take_along_axis(inputs_BxS, argmax_BxT, axis=1)
+  gold_token_BxT = jnp.take_along_axis(inputs_BxS, alignment_BxT, axis=1, mode="clip")
+  return _average(attended_BxT & (attended_token_BxT == gold_token_BxT), counted_BxT)
+
+
+def attention_mass_on_gold(weights_BxTxS: chex.Array, alignment_BxT: chex.Array) -> Average:
+  """Mean attention weight on the gold position, ``w_{t, a_t}``, over steps with ``a_t >= 0``.
+
+  Args:
+    weights_BxTxS: attention weights per target step.
+    alignment_BxT: int gold source position, -1 where not counted.
+
+  Returns:
+    :class:`Average` over counted steps.
+  """
+  _, _, counted_BxT = _attended(weights_BxTxS, alignment_BxT)
+  gold_BxTx1 = jnp.take_along_axis(
+    weights_BxTxS.astype(_F32), alignment_BxT[..., None], axis=-1, mode="clip"
+  )
+  return _average(gold_BxTx1[..., 0], counted_BxT)
+
+
+def attention_entropy(weights_BxTxS: chex.Array, mask_BxT: chex.Array) -> Average:
+  """Mean entropy (nats) of the attention distribution per unmasked step.
+
+  ``H_t = -Σ_s w_ts log w_ts`` with ``0 log 0 = 0`` (so sparse and all-zero rows are fine).
+  Low entropy = sharp attention; ``log S`` = uniform over ``S`` positions.
+
+  Args:
+    weights_BxTxS: attention weights per target step.
+    mask_BxT: bool, ``True`` at counted steps.
+
+  Returns:
+    :class:`Average` over unmasked steps.
+
+  References:
+    Deng et al., "Latent Alignment and Variational Attention", NeurIPS 2018 (Table 4).
+  """
+  chex.assert_rank(weights_BxTxS, 3)
+  chex.assert_rank(mask_BxT, 2)
+  chex.assert_equal_shape_prefix([weights_BxTxS, mask_BxT], 2)
+  w_BxTxS = weights_BxTxS.astype(_F32)
+  positive_BxTxS = w_BxTxS > 0
+  w_log_w_BxTxS = jnp.where(
+    positive_BxTxS, w_BxTxS * jnp.log(jnp.where(positive_BxTxS, w_BxTxS, 1.0)), 0.0
+  )
+  return _average(-jnp.sum(w_log_w_BxTxS, axis=-1), mask_BxT)
+
+
+def support_size(
+  weights_BxTxS: chex.Array, mask_BxT: chex.Array, threshold: float = 0.0
+) -> Average:
+  """Mean number of source positions with weight ``> threshold`` per unmasked step.
+
+  With ``threshold=0`` this is the support of sparse normalisers (sparsemax, entmax give
+  exact zeros); softmax gives the whole unmasked source. Masked source positions have
+  weight 0 and never count.
+
+  Args:
+    weights_BxTxS: attention weights per target step.
+    mask_BxT: bool, ``True`` at counted steps.
+    threshold: weights strictly above it count (>= 0).
+
+  Returns:
+    :class:`Average` over unmasked steps.
+
+  References:
+    Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
+  """
+  chex.assert_rank(weights_BxTxS, 3)
+  chex.assert_rank(mask_BxT, 2)
+  chex.assert_equal_shape_prefix([weights_BxTxS, mask_BxT], 2)
+  if isinstance(threshold, (int, float)) and threshold < 0:
+    raise ValueError(f"threshold must be >= 0, got {threshold}.")
+  return _average(jnp.sum(weights_BxTxS > threshold, axis=-1), mask_BxT)
