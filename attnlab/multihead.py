@@ -35,7 +35,7 @@ def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
   k_len = k.shape[1]
   if mask is not None:
     expected = (batch, heads, q_len, k_len)
-    if mask.ndim != 4 or any(m not in (1, e) for m, e in zip(mask.shape, expected)):
+    if mask.ndim != 4 or any(m not in (1, e) for m, e in zip(mask.shape, expected, strict=True)):
       raise ValueError(
           f"mask of shape {mask.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
           "(rank 4, each axis 1 or full)."

@@ -4,7 +4,8 @@ A normaliser has the signature ``normalizer(scores, mask=None, *, temperature=1.
 returns weights of the shape of ``scores`` and the dtype of ``scores``. Semantics shared by
 every normaliser in attnlab (and tested for each):
 
-  * Weights are computed in float32 and cast back to the input dtype.
+  * Weights are computed in float32 (float64 inputs, under x64, stay float64) and cast
+    back to the input dtype.
   * Masked keys (``mask == False``) get weight exactly 0; the weights of a row sum to 1
     over its unmasked keys.
   * A row whose keys are all masked gets all-zero weights and zero gradient: never NaN,
@@ -20,7 +21,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
-_F32 = jnp.float32
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  # float16/bfloat16 are widened to float32; float64 (x64 mode) keeps its precision.
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -39,17 +43,17 @@ def masked_log_softmax(
     temperature: divides the scores.
 
   Returns:
-    ``(log_probs, valid)``: ``log_probs [..., Tk]`` float32, equal to the log-softmax at
-    unmasked keys and 0 at masked keys and in fully masked rows (so it is never ``-inf``);
+    ``(log_probs, valid)``: ``log_probs [..., Tk]`` float32 (or float64), equal to the
+    log-softmax at unmasked keys and 0 at masked keys and in fully masked rows (never ``-inf``);
     ``valid [..., Tk]`` bool, ``True`` where the key is unmasked.
   """
   _check_temperature(temperature)
-  logits = scores.astype(_F32) / temperature
+  logits = scores.astype(_compute_dtype(scores.dtype)) / temperature
   if mask is None:
     return jax.nn.log_softmax(logits, axis=-1), jnp.ones(logits.shape, bool)
   # The max is a constant shift: no gradient through it, and a finite value for empty rows.
   row_max = jax.lax.stop_gradient(
-      jnp.max(jnp.where(mask, logits, jnp.finfo(_F32).min), axis=-1, keepdims=True)
+      jnp.max(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1, keepdims=True)
   )
   # `where` before exp: masked logits may be -inf/huge; their gradient must be exactly 0.
   shifted = jnp.where(mask, logits - row_max, 0.0)
@@ -77,7 +81,8 @@ def softmax(
   """
   if mask is None:
     _check_temperature(temperature)
-    weights = jax.nn.softmax(scores.astype(_F32) / temperature, axis=-1)
+    logits = scores.astype(_compute_dtype(scores.dtype)) / temperature
+    weights = jax.nn.softmax(logits, axis=-1)
   else:
     log_probs, valid = masked_log_softmax(scores, mask, temperature=temperature)
     weights = jnp.where(valid, jnp.exp(log_probs), 0.0)

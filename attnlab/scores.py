@@ -4,9 +4,9 @@ Every score function maps ``q [Tq, Dq]`` and ``k [Tk, Dk]`` to ``scores [Tq, Tk]
 takes any parameters it needs as keyword arguments, so ``functools.partial(general, w=w)``
 is again a score function. Any callable with this contract can be passed as ``score_fn``.
 
-Scores are returned in float32 whatever the input dtype: the contraction accumulates in
-float32 (``preferred_element_type``), so float16 inputs cannot overflow to ``inf`` in the
-dot product before the normaliser sees them.
+Scores are returned in float32 whatever the input dtype (float64 if an input is float64,
+under x64): the contraction accumulates in float32 (``preferred_element_type``), so float16
+inputs cannot overflow to ``inf`` in the dot product before the normaliser sees them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from __future__ import annotations
 import chex
 import jax.numpy as jnp
 
-_F32 = jnp.float32
+
+def _acc(*xs: chex.Array) -> jnp.dtype:
+  """Accumulation/output dtype: float32, or float64 when an input is float64 (x64 mode)."""
+  return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
 def _check_qk(q: chex.Array, k: chex.Array) -> None:
@@ -42,7 +45,7 @@ def dot(q: chex.Array, k: chex.Array) -> chex.Array:
     Translation", EMNLP 2015.
   """
   _check_qk(q, k)
-  return jnp.einsum("qd,kd->qk", q, k, preferred_element_type=_F32)
+  return jnp.einsum("qd,kd->qk", q, k, preferred_element_type=_acc(q, k))
 
 
 def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
@@ -61,7 +64,8 @@ def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
   _check_qk(q, k)
   # Scale q (Tq*D multiplies) rather than the scores (Tq*Tk), as jax.nn does.
   scale = 1.0 / (q.shape[-1] ** 0.5)
-  return jnp.einsum("qd,kd->qk", q * jnp.asarray(scale, q.dtype), k, preferred_element_type=_F32)
+  q_scaled = q * jnp.asarray(scale, q.dtype)
+  return jnp.einsum("qd,kd->qk", q_scaled, k, preferred_element_type=_acc(q, k))
 
 
 def general(q: chex.Array, k: chex.Array, *, w: chex.Array) -> chex.Array:
@@ -83,8 +87,9 @@ def general(q: chex.Array, k: chex.Array, *, w: chex.Array) -> chex.Array:
     raise ValueError(
         f"`general` needs w of shape [Dq, Dk] = {(q.shape[-1], k.shape[-1])}, got {w.shape}."
     )
-  qw_QxDk = jnp.einsum("qd,de->qe", q, w, preferred_element_type=_F32)
-  return jnp.einsum("qe,ke->qk", qw_QxDk, k.astype(_F32))
+  acc = _acc(q, k, w)
+  qw_QxDk = jnp.einsum("qd,de->qe", q, w, preferred_element_type=acc)
+  return jnp.einsum("qe,ke->qk", qw_QxDk, k.astype(acc))
 
 
 def additive(
@@ -114,7 +119,8 @@ def additive(
         "`additive` needs w_q [Dq, A], w_k [Dk, A], v [A]; got "
         f"q {q.shape}, k {k.shape}, w_q {w_q.shape}, w_k {w_k.shape}, v {v.shape}."
     )
-  proj_q_QxA = jnp.einsum("qd,da->qa", q, w_q, preferred_element_type=_F32)
-  proj_k_KxA = jnp.einsum("kd,da->ka", k, w_k, preferred_element_type=_F32)
+  acc = _acc(q, k, w_q, w_k, v)
+  proj_q_QxA = jnp.einsum("qd,da->qa", q, w_q, preferred_element_type=acc)
+  proj_k_KxA = jnp.einsum("kd,da->ka", k, w_k, preferred_element_type=acc)
   hidden_QxKxA = jnp.tanh(proj_q_QxA[:, None, :] + proj_k_KxA[None, :, :])
-  return jnp.einsum("qka,a->qk", hidden_QxKxA, v.astype(_F32))
+  return jnp.einsum("qka,a->qk", hidden_QxKxA, v.astype(acc))

@@ -63,12 +63,15 @@ def soft_attention(
   mask_QxK = masks_lib.as_query_key_mask(mask, q.shape[0], k.shape[0])
   scores_QxK = score_fn(q, k)
   chex.assert_shape(scores_QxK, (q.shape[0], k.shape[0]))
-  weights_QxK = normalizer(scores_QxK, mask_QxK).astype(jnp.float32)
+  # At least float32 (float64 stays float64 under x64) whatever the scores' dtype.
+  acc = jnp.promote_types(scores_QxK.dtype, jnp.float32)
+  weights_QxK = normalizer(scores_QxK, mask_QxK).astype(acc)
   mixing_QxK = weights_QxK
   if dropout_rate > 0.0:
     keep_QxK = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights_QxK.shape)
     mixing_QxK = jnp.where(keep_QxK, weights_QxK / (1.0 - dropout_rate), 0.0)
+  acc_v = jnp.promote_types(acc, v.dtype)
   context_QxDv = jnp.einsum(
-      "qk,kd->qd", mixing_QxK.astype(v.dtype), v, preferred_element_type=jnp.float32
+      "qk,kd->qd", mixing_QxK.astype(v.dtype), v, preferred_element_type=acc_v
   )
   return context_QxDv.astype(v.dtype), weights_QxK.astype(v.dtype)
