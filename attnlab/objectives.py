@@ -223,9 +223,10 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
     if outs.baseline is None:
       raise ValueError("baseline=learned needs a model built with learned_baseline=True.")
     baseline_KxBxT = outs.baseline
+    # Per-token mean, like the bound, so the coefficient does not scale with batch or K.
     extra_loss = cfg.baseline_loss_coef * estimators.learned_baseline_loss(
         outs.baseline, returns_KxBxT, mask_KxBxT
-    )
+    ) / jnp.maximum(jnp.sum(mask_f), 1.0)
   elif cfg.baseline is Baseline.RLOO:
     baseline_KxBxT = estimators.leave_one_out_baseline(returns_KxBxT)
   else:  # Baseline.SOFT: the soft context's return under the same decoder states.

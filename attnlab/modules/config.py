@@ -1,0 +1,157 @@
+"""Frozen model configurations; string fields are parsed into enums on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from attnlab.modules.kinds import (
+  AttentionKind,
+  Cell,
+  Feedback,
+  KeySource,
+  ScoreKind,
+  ValueSource,
+)
+from attnlab.tasks.base import BOS, EOS
+
+
+def _parse_fields(config, enums: dict) -> None:
+  for field, cls in enums.items():
+    object.__setattr__(config, field, cls.parse(getattr(config, field)))
+
+
+def _check_positive(config, names: tuple[str, ...]) -> None:
+  for name in names:
+    value = getattr(config, name)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}.")
+
+
+def _check_common(config) -> None:
+  if config.gumbel_temperature <= 0:
+    raise ValueError(f"gumbel_temperature must be > 0, got {config.gumbel_temperature}.")
+  for name in ("bos_id", "eos_id"):
+    if not 0 <= getattr(config, name) < config.vocab_size:
+      raise ValueError(f"{name}={getattr(config, name)} is outside vocab_size={config.vocab_size}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNConfig:
+  """RNN encoder-decoder with attention (Bahdanau et al. 2015; Luong et al. 2015).
+
+  Attributes:
+    vocab_size: ``V`` (source and target share the vocabulary; PAD=0, BOS=1, EOS=2).
+    embed_dim: token and position embedding size ``E`` (the size of local values/keys).
+    encoder_dim: hidden size of each direction of the bidirectional encoder.
+    hidden_dim: decoder hidden size ``H`` (also the readout size).
+    cell: ``"gru"`` or ``"lstm"`` (encoder and decoder).
+    attention: training :class:`AttentionKind`.
+    score: :class:`ScoreKind`; ``dot``/``scaled_dot`` project the keys to ``H`` once.
+    additive_dim: ``A`` of the additive score.
+    feedback: :class:`Feedback`: what the next decoder input receives.
+    key_source: :class:`KeySource`.
+    value_source: :class:`ValueSource` (see the caveat in :class:`RNNSeq2Seq`).
+    gumbel_temperature: Gumbel-softmax temperature (kind ``"gumbel"``).
+    straight_through: straight-through Gumbel-softmax.
+    learned_baseline: add a value head on the stop-gradient decoder state.
+    init_decoder_from_source: initialise the decoder state from the mean key (off by
+      default: it lets the decoder bypass attention).
+    max_source_len: number of learned source position embeddings.
+    bos_id: first decoder input of greedy decoding.
+    eos_id: end-of-sequence token.
+  """
+
+  vocab_size: int
+  embed_dim: int = 64
+  encoder_dim: int = 64
+  hidden_dim: int = 128
+  cell: Cell | str = Cell.GRU
+  attention: AttentionKind | str = AttentionKind.SOFT
+  score: ScoreKind | str = ScoreKind.GENERAL
+  additive_dim: int = 64
+  feedback: Feedback | str = Feedback.EXPECTED
+  key_source: KeySource | str = KeySource.BIRNN
+  value_source: ValueSource | str = ValueSource.LOCAL
+  gumbel_temperature: float = 1.0
+  straight_through: bool = False
+  learned_baseline: bool = False
+  init_decoder_from_source: bool = False
+  max_source_len: int = 64
+  bos_id: int = BOS
+  eos_id: int = EOS
+
+  def __post_init__(self):
+    _parse_fields(
+      self,
+      {
+        "cell": Cell,
+        "attention": AttentionKind,
+        "score": ScoreKind,
+        "feedback": Feedback,
+        "key_source": KeySource,
+        "value_source": ValueSource,
+      },
+    )
+    _check_positive(
+      self,
+      ("vocab_size", "embed_dim", "encoder_dim", "hidden_dim", "additive_dim", "max_source_len"),
+    )
+    _check_common(self)
+
+  @property
+  def uses_encoder_rnn(self) -> bool:
+    return self.key_source is KeySource.BIRNN or self.value_source is ValueSource.CONTEXTUAL
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Pre-LayerNorm Transformer encoder-decoder with sinusoidal positions (Vaswani et al. 2017).
+
+  Self-attention is soft (scaled dot); cross-attention uses ``attention`` and ``score``.
+
+  Attributes:
+    vocab_size: ``V``.
+    model_dim: residual stream size ``D``.
+    num_heads: heads per attention layer.
+    mlp_dim: hidden size of the feed-forward blocks.
+    num_encoder_layers: encoder depth.
+    num_decoder_layers: decoder depth.
+    attention: cross-attention :class:`AttentionKind`.
+    score: cross-attention :class:`ScoreKind`.
+    additive_dim: ``A`` of the additive score.
+    gumbel_temperature: Gumbel-softmax temperature.
+    straight_through: straight-through Gumbel-softmax.
+    learned_baseline: add a value head on the stop-gradient decoder output.
+    bos_id: first decoder input of greedy decoding.
+    eos_id: end-of-sequence token.
+  """
+
+  vocab_size: int
+  model_dim: int = 64
+  num_heads: int = 4
+  mlp_dim: int = 128
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  attention: AttentionKind | str = AttentionKind.SOFT
+  score: ScoreKind | str = ScoreKind.SCALED_DOT
+  additive_dim: int = 32
+  gumbel_temperature: float = 1.0
+  straight_through: bool = False
+  learned_baseline: bool = False
+  bos_id: int = BOS
+  eos_id: int = EOS
+
+  def __post_init__(self):
+    _parse_fields(self, {"attention": AttentionKind, "score": ScoreKind})
+    _check_positive(
+        self,
+        (
+            "vocab_size", "model_dim", "num_heads", "mlp_dim", "num_encoder_layers",
+            "num_decoder_layers", "additive_dim",
+        ),
+    )  # fmt: skip
+    if self.model_dim % self.num_heads:
+      raise ValueError(
+        f"model_dim={self.model_dim} is not divisible by num_heads={self.num_heads}."
+      )
+    _check_common(self)

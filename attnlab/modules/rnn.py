@@ -1,0 +1,279 @@
+"""Model family 1: RNN encoder-decoder with attention at every decoder step.
+
+Decoder step ``t`` (Luong et al. 2015, with input feeding):
+
+  ``h_t = cell(h_{t-1}, [embed(y_{t-1}); f_{t-1}])``   (``f``: the feedback, possibly empty)
+  ``c_t = attend(q=h_t, keys, values)``               (the attention switch)
+  ``logits_t = W_o tanh(W_h h_t + W_c c_t + b)``
+
+The loop is an ``nn.scan``: compile time does not grow with the target length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnlab import masks
+from attnlab.modules.attend import resolve_spec
+from attnlab.modules.attention import Attention, AttentionAux
+from attnlab.modules.config import RNNConfig
+from attnlab.modules.kinds import Cell, EvalMode, Feedback, KeySource, ScoreKind, ValueSource
+from attnlab.modules.outputs import AttentionRecord, Seq2SeqOutput
+
+
+class Memory(NamedTuple):
+  """The encoded source: what every decoder step attends to."""
+
+  keys_BxSxDk: chex.Array
+  values_BxSxDv: chex.Array
+  mask_BxS: chex.Array
+
+
+class StepOutput(NamedTuple):
+  """One decoder step: the state used as query, the context and the attention record."""
+
+  hidden_BxH: chex.Array
+  context_BxDv: chex.Array
+  aux: AttentionAux  # per-query fields [B, ...] (the length-1 query axis is dropped).
+
+
+def _make_cell(cell: Cell, features: int, name: str | None = None) -> nn.RNNCellBase:
+  if cell is Cell.GRU:
+    return nn.GRUCell(features, name=name)
+  return nn.OptimizedLSTMCell(features, name=name)
+
+
+def _step_keys(key: chex.PRNGKey | None, length: int) -> chex.Array | None:
+  """``fold_in(key, t)`` for ``t < length``: the same step keys in every decoding loop."""
+  if key is None:
+    return None
+  return jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(length))
+
+
+class RNNDecoder(nn.Module):
+  """Decoder cell, attention and readout: the body of the decoding loops."""
+
+  config: RNNConfig
+
+  def setup(self):
+    c = self.config
+    self.embed = nn.Embed(c.vocab_size, c.embed_dim)
+    self.cell = _make_cell(c.cell, c.hidden_dim)
+    self.attention = Attention(
+        score=c.score, kind=c.attention, additive_dim=c.additive_dim,
+        gumbel_temperature=c.gumbel_temperature, straight_through=c.straight_through,
+    )  # fmt: skip
+    self.readout_state = nn.Dense(c.hidden_dim)
+    self.readout_context = nn.Dense(c.hidden_dim, use_bias=False)
+    self.output = nn.Dense(c.vocab_size)
+    if c.learned_baseline:
+      self.baseline_hidden = nn.Dense(c.hidden_dim)
+      self.baseline_out = nn.Dense(1)
+
+  def step(self, carry, tokens_B, key, memory: Memory, override) -> tuple[Any, StepOutput]:
+    """One step: ``carry = (cell state, feedback or None)`` -> new carry, :class:`StepOutput`."""
+    state, feedback_BxDv = carry
+    inputs_BxI = self.embed(tokens_B)
+    if feedback_BxDv is not None:
+      inputs_BxI = jnp.concatenate([inputs_BxI, feedback_BxDv], axis=-1)
+    state, hidden_BxH = self.cell(state, inputs_BxI)
+    context_Bx1xDv, aux = self.attention(
+        hidden_BxH[:, None, :], memory.keys_BxSxDk, memory.values_BxSxDv, memory.mask_BxS,
+        override=override, key=key,
+    )  # fmt: skip
+    aux = jax.tree_util.tree_map(lambda x: x[:, 0], aux)
+    context_BxDv = context_Bx1xDv[:, 0]
+    feedback = self.config.feedback
+    if feedback is Feedback.EXPECTED:
+      feedback_BxDv = aux.expected_context
+    elif feedback is Feedback.SAMPLED:
+      feedback_BxDv = context_BxDv
+    return (state, feedback_BxDv), StepOutput(hidden_BxH, context_BxDv, aux)
+
+  def logits(self, hidden_xH: chex.Array, context_xDv: chex.Array) -> chex.Array:
+    """``W_o tanh(W_h h + W_c c + b)``; leading axes of ``h`` and ``c`` broadcast (same rank)."""
+    return self.output(jnp.tanh(self.readout_state(hidden_xH) + self.readout_context(context_xDv)))
+
+  def baseline(self, hidden_BxTxH: chex.Array) -> chex.Array:
+    """Value head on the stop-gradient state: it learns without moving the decoder."""
+    hidden = jax.lax.stop_gradient(hidden_BxTxH)
+    return self.baseline_out(jnp.tanh(self.baseline_hidden(hidden)))[..., 0]
+
+
+def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: int):
+  """``nn.scan`` of ``body(decoder, carry, xs, memory)`` over ``length`` steps of ``xs``."""
+  scan = nn.scan(
+    body,
+    variable_broadcast="params",
+    split_rngs={"params": False},
+    in_axes=(0, nn.broadcast),
+    out_axes=0,
+    length=length,
+  )
+  return scan(decoder, carry, xs, memory)
+
+
+class RNNSeq2Seq(nn.Module):
+  """RNN encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015) with an attention switch.
+
+  Keys and values are chosen separately. Keys come from a bidirectional GRU/LSTM
+  (``key_source="birnn"``) or are position-local (token plus position embedding).
+  Values are position-local by default; ``value_source="contextual"`` uses the
+  bidirectional states instead. Caveat: a contextual value at position ``j`` may carry
+  any source token, so a model can solve e.g. sort while attending to the wrong
+  position, and alignment metrics (accuracy, mass on gold) then mean nothing. Keep values
+  local when alignments are measured.
+
+  The decoder starts from a zero state unless ``init_decoder_from_source``: a state
+  computed from the source would let it decode without attending. What the next step's
+  input receives besides the previous token is ``feedback``: nothing, the expected
+  context (default; as Deng et al. 2018, so decoder states never depend on a sample, each
+  step's choice has a local reward and the exact enumerated gradient exists), or the
+  context actually used (the sample, for hard attention).
+
+  Call: ``apply(params, inputs_BxS, input_lengths_B, decoder_inputs_BxT, *,
+  attention_override=None, enumerate_positions=False, rngs={"attention": key})`` ->
+  :class:`Seq2SeqOutput` (teacher forcing). The ``"attention"`` rng is used only by
+  random selections (hard sampling, Gumbel); step ``t`` uses ``fold_in(key, t)``.
+  """
+
+  config: RNNConfig
+
+  def setup(self):
+    c = self.config
+    self.token_embed = nn.Embed(c.vocab_size, c.embed_dim)
+    self.position_embed = nn.Embed(c.max_source_len, c.embed_dim)
+    if c.uses_encoder_rnn:
+      self.encoder = nn.Bidirectional(
+        nn.RNN(_make_cell(c.cell, c.encoder_dim)), nn.RNN(_make_cell(c.cell, c.encoder_dim))
+      )
+    key_dim = 2 * c.encoder_dim if c.key_source is KeySource.BIRNN else c.embed_dim
+    self._project_keys = (
+      c.score in (ScoreKind.DOT, ScoreKind.SCALED_DOT) and key_dim != c.hidden_dim
+    )
+    if self._project_keys:
+      # Dot scores need Dk == H: project the keys once, outside the decoder loop.
+      self.key_projection = nn.Dense(c.hidden_dim, use_bias=False)
+    if c.init_decoder_from_source:
+      self.init_projection = nn.Dense(c.hidden_dim)
+    self.decoder = RNNDecoder(c)
+
+  def encode(self, inputs_BxS: chex.Array, input_lengths_B: chex.Array) -> Memory:
+    """Embeds and encodes the source; padded positions are masked from attention."""
+    c = self.config
+    chex.assert_rank([inputs_BxS, input_lengths_B], [2, 1])
+    source_len = inputs_BxS.shape[1]
+    if source_len > c.max_source_len:
+      raise ValueError(
+        f"source length {source_len} exceeds max_source_len={c.max_source_len}; "
+        "raise RNNConfig.max_source_len."
+      )
+    local_BxSxE = self.token_embed(inputs_BxS) + self.position_embed(jnp.arange(source_len))[None]
+    keys = values = local_BxSxE
+    if c.uses_encoder_rnn:
+      states_BxSx2E = self.encoder(local_BxSxE, seq_lengths=input_lengths_B)
+      if c.key_source is KeySource.BIRNN:
+        keys = states_BxSx2E
+      if c.value_source is ValueSource.CONTEXTUAL:
+        values = states_BxSx2E
+    if self._project_keys:
+      keys = self.key_projection(keys)
+    return Memory(keys, values, masks.padding_mask(input_lengths_B, source_len))
+
+  def _initial_carry(self, memory: Memory):
+    c = self.config
+    batch = memory.keys_BxSxDk.shape[0]
+    hidden_BxH = jnp.zeros((batch, c.hidden_dim), memory.keys_BxSxDk.dtype)
+    if c.init_decoder_from_source:
+      valid_BxSx1 = memory.mask_BxS[:, :, None].astype(memory.keys_BxSxDk.dtype)
+      count_Bx1 = jnp.maximum(jnp.sum(valid_BxSx1, axis=1), 1.0)
+      mean_key_BxDk = jnp.sum(memory.keys_BxSxDk * valid_BxSx1, axis=1) / count_Bx1
+      hidden_BxH = jnp.tanh(self.init_projection(mean_key_BxDk))
+    state = hidden_BxH if c.cell is Cell.GRU else (jnp.zeros_like(hidden_BxH), hidden_BxH)
+    feedback = None
+    if c.feedback is not Feedback.NONE:
+      feedback = jnp.zeros((batch, memory.values_BxSxDv.shape[-1]), memory.values_BxSxDv.dtype)
+    return state, feedback
+
+  def _keys(self, spec, length: int):
+    return _step_keys(self.make_rng("attention") if spec.needs_key else None, length)
+
+  def _spec(self, override):
+    c = self.config
+    return resolve_spec(
+        c.attention, override, gumbel_temperature=c.gumbel_temperature,
+        straight_through=c.straight_through,
+    )  # fmt: skip
+
+  def __call__(
+    self,
+    inputs_BxS: chex.Array,
+    input_lengths_B: chex.Array,
+    decoder_inputs_BxT: chex.Array,
+    *,
+    attention_override: Any = None,
+    enumerate_positions: bool = False,
+  ) -> Seq2SeqOutput:
+    """Teacher-forced decoding; see the class docstring and :class:`Seq2SeqOutput`."""
+    c = self.config
+    chex.assert_rank(decoder_inputs_BxT, 2)
+    spec = self._spec(attention_override)
+    if enumerate_positions and c.feedback is Feedback.SAMPLED:
+      raise ValueError(
+        "enumerate_positions=True needs feedback 'none' or 'expected': with 'sampled' "
+        "feedback later decoder states depend on the sampled position."
+      )
+    keys_T = self._keys(spec, decoder_inputs_BxT.shape[1])  # First rng use: as in greedy.
+    memory = self.encode(inputs_BxS, input_lengths_B)
+
+    def body(decoder, carry, xs, memory):
+      tokens_B, key = xs
+      return decoder.step(carry, tokens_B, key, memory, attention_override)
+
+    _, steps = _scan_steps(
+        body, self.decoder, self._initial_carry(memory), (decoder_inputs_BxT.T, keys_T), memory,
+        decoder_inputs_BxT.shape[1],
+    )  # fmt: skip
+    steps = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # time-major -> BxT
+    hidden_BxTxH = steps.hidden_BxH
+    aux = steps.aux
+    position_logits = None
+    if enumerate_positions:
+      position_logits = self.decoder.logits(
+        hidden_BxTxH[:, :, None, :], memory.values_BxSxDv[:, None, :, :]
+      )
+    return Seq2SeqOutput(
+      logits=self.decoder.logits(hidden_BxTxH, steps.context_BxDv),
+      attention=AttentionRecord(aux.weights, aux.index, aux.log_prob, aux.entropy),
+      soft_logits=(
+        self.decoder.logits(hidden_BxTxH, aux.expected_context) if spec.is_hard else None
+      ),
+      position_logits=position_logits,
+      baseline=self.decoder.baseline(hidden_BxTxH) if c.learned_baseline else None,
+    )
+
+  def greedy(
+    self, inputs_BxS: chex.Array, input_lengths_B: chex.Array, *, max_len: int, mode: EvalMode
+  ) -> tuple[chex.Array, chex.Array]:
+    """Free-running decoding (use :func:`attnlab.modules.greedy_decode`)."""
+    spec = self._spec(mode)
+    keys_T = self._keys(spec, max_len)
+    memory = self.encode(inputs_BxS, input_lengths_B)
+    bos_B = jnp.full(inputs_BxS.shape[:1], self.config.bos_id, jnp.int32)
+
+    def body(decoder, carry, key, memory):
+      inner, tokens_B = carry
+      inner, out = decoder.step(inner, tokens_B, key, memory, mode)
+      next_B = jnp.argmax(decoder.logits(out.hidden_BxH, out.context_BxDv), axis=-1)
+      next_B = next_B.astype(jnp.int32)
+      return (inner, next_B), (next_B, out.aux.weights)
+
+    _, (tokens_TxB, weights_TxBxS) = _scan_steps(
+      body, self.decoder, (self._initial_carry(memory), bos_B), keys_T, memory, max_len
+    )
+    return tokens_TxB.T, jnp.swapaxes(weights_TxBxS, 0, 1)
