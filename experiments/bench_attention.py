@@ -1,0 +1,335 @@
+r"""Attention benchmark: attnlab vs jax.nn / flax.linen, time, GFLOP/s and peak memory.
+
+One process, compile and warm-up excluded, median of ``--reps`` timed calls (each
+``block_until_ready``). Prints markdown tables and writes JSON + markdown. Suites:
+
+  primitives  issue 2: T = 128, 512, 2048, batch 4 — multi_head_soft_attention vs
+              jax.nn.dot_product_attention vs flax.linen.dot_product_attention.
+  efficient   issue 6: T = 512, 2048, 8192, batch 1 — soft, chunked, linear, jax.nn, flax;
+              GFLOP/s of exact methods next to a 2048² jnp.matmul (practical peak); ratio to
+              attnlab's best exact method; linear-attention scaling.
+  memory      issue 6: peak RSS (VmHWM) of forward+backward in a fresh subprocess per case
+              (chunked at T = 16384; plain forms capped by --max_score_gib and
+              extrapolated as O(T²) when skipped).
+
+Usage (the full run the lead does on a quiet machine):
+
+  python -m experiments.bench_attention --suite=all --reps=5 --out=results/bench_attention
+
+Quick check:
+
+  python -m experiments.bench_attention --suite=primitives --lengths=128 --reps=2 \
+      --out=/tmp/bench
+
+FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 3x forward
+(the flash backward recomputes QKᵀ, so its real work is 3.5x; not counted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import flax.linen
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+import attnlab
+from attnlab import efficient
+
+_SUITE = flags.DEFINE_enum(
+  "suite", "all", ["all", "primitives", "efficient", "memory"], "What to run."
+)
+_LENGTHS = flags.DEFINE_list(
+  "lengths", None, "Sequence lengths (default: the suite's: 128,512,2048 / 512,2048,8192)."
+)
+_BATCH = flags.DEFINE_integer("batch", None, "Batch size (default: 4 primitives, 1 efficient).")
+_HEADS = flags.DEFINE_integer("heads", 8, "Heads.")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
+_DTYPES = flags.DEFINE_list("dtypes", None, "dtypes (default float32, plus bfloat16 on GPU).")
+_REPS = flags.DEFINE_integer("reps", 5, "Timed repetitions (median reported).")
+_MAX_SCORE_GIB = flags.DEFINE_float(
+    "max_score_gib", 1.0,
+    "Skip methods that materialise the B·H·T² float32 scores above this size (their "
+    "forward+backward needs ~4x it).",
+)  # fmt: skip
+_MEMORY_LENGTH = flags.DEFINE_integer("memory_length", 16384, "T for the chunked memory run.")
+_PLAIN_MEMORY_LENGTH = flags.DEFINE_integer(
+  "plain_memory_length", 4096, "T for the plain (soft) memory run; extrapolated as T²."
+)
+_OUT = flags.DEFINE_string(
+  "out", "results/bench_attention", "Output prefix: writes PREFIX.json and PREFIX.md."
+)
+_MEMORY_CHILD = flags.DEFINE_string(
+  "memory_child", None, "Internal: 'method:T:batch', run one case and print peak RSS JSON."
+)
+
+_EXACT = ("attnlab_soft", "attnlab_chunked", "jax_nn", "flax_linen")
+_ATTNLAB_EXACT = ("attnlab_soft", "attnlab_chunked")
+
+
+def _methods():
+  """name -> f(q, k, v) -> context [B, T, H, D]; all take the [B, T, H, D] layout."""
+  return {
+    "attnlab_soft": lambda q, k, v: attnlab.multi_head_soft_attention(q, k, v)[0],
+    "attnlab_chunked": lambda q, k, v: efficient.multi_head_chunked_attention(q, k, v)[0],
+    "attnlab_linear": lambda q, k, v: efficient.multi_head_linear_attention(q, k, v)[0],
+    "jax_nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+    "flax_linen": lambda q, k, v: flax.linen.dot_product_attention(q, k, v),
+  }
+
+
+def _materialises_scores(name: str) -> bool:
+  return name in ("attnlab_soft", "jax_nn", "flax_linen")
+
+
+def _inputs(batch, length, heads, head_dim, dtype, seed=0):
+  key_q, key_k, key_v, key_g = jax.random.split(jax.random.key(seed), 4)
+  shape = (batch, length, heads, head_dim)
+  q, k, v, cotangent = (jax.random.normal(kk, shape, dtype) for kk in (key_q, key_k, key_v, key_g))
+  return q, k, v, cotangent
+
+
+def _fwd_and_fwd_bwd(fn):
+  forward = jax.jit(fn)
+
+  def loss(q, k, v, cotangent):
+    return jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent.astype(jnp.float32))
+
+  fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  return forward, fwd_bwd
+
+
+def _median_seconds(fn, *args, reps):
+  jax.block_until_ready(fn(*args))  # compile + warm-up, not timed
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _attention_flops(batch, length, heads, head_dim):
+  return 4.0 * batch * heads * length * length * head_dim
+
+
+def _matmul_gflops(dtype, reps, size=2048):
+  """GFLOP/s of a square ``jnp.matmul`` [size, size] @ [size, size]: the practical peak."""
+  key_a, key_b = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(key_a, (size, size), dtype)
+  b = jax.random.normal(key_b, (size, size), dtype)
+  seconds = _median_seconds(jax.jit(jnp.matmul), a, b, reps=reps)
+  return 2.0 * size**3 / seconds / 1e9
+
+
+def _time_suite(names, lengths, batch, dtypes, reps, with_matmul):
+  rows = []
+  methods = _methods()
+  for dtype_name in dtypes:
+    dtype = jnp.dtype(dtype_name)
+    matmul = _matmul_gflops(dtype, reps) if with_matmul else None
+    for length in lengths:
+      q, k, v, cotangent = _inputs(batch, length, _HEADS.value, _HEAD_DIM.value, dtype)
+      score_gib = 4 * batch * _HEADS.value * length**2 / 2**30
+      flops = _attention_flops(batch, length, _HEADS.value, _HEAD_DIM.value)
+      for name in names:
+        row = dict(method=name, length=length, batch=batch, heads=_HEADS.value,
+                   head_dim=_HEAD_DIM.value, dtype=dtype_name, fwd_ms=None, fwd_bwd_ms=None,
+                   skipped=None)  # fmt: skip
+        if _materialises_scores(name) and score_gib > _MAX_SCORE_GIB.value:
+          row["skipped"] = f"scores {score_gib:.1f} GiB > --max_score_gib={_MAX_SCORE_GIB.value}"
+        else:
+          forward, fwd_bwd = _fwd_and_fwd_bwd(methods[name])
+          row["fwd_ms"] = 1e3 * _median_seconds(forward, q, k, v, reps=reps)
+          row["fwd_bwd_ms"] = 1e3 * _median_seconds(fwd_bwd, q, k, v, cotangent, reps=reps)
+          if name in _EXACT:
+            row["fwd_gflops"] = flops / row["fwd_ms"] * 1e3 / 1e9
+            row["fwd_bwd_gflops"] = 3 * flops / row["fwd_bwd_ms"] * 1e3 / 1e9
+        if matmul is not None:
+          row["matmul_gflops"] = matmul
+        rows.append(row)
+        print(f"  {dtype_name} T={length} {name}: fwd {row['fwd_ms']} ms, "
+              f"fwd+bwd {row['fwd_bwd_ms']} ms {row['skipped'] or ''}", flush=True)  # fmt: skip
+  return rows
+
+
+def _add_ratios(rows, reference_names):
+  """ratio_* = method time / time of the best of reference_names at the same (dtype, T)."""
+  for row in rows:
+    peers = [r for r in rows if r["length"] == row["length"] and r["dtype"] == row["dtype"]]
+    for phase in ("fwd_ms", "fwd_bwd_ms"):
+      best = [r[phase] for r in peers if r["method"] in reference_names and r[phase]]
+      ratio = row[phase] / min(best) if best and row[phase] else None
+      row["ratio_" + phase.removesuffix("_ms")] = ratio
+
+
+def _fmt(x, digits=1):
+  return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _time_table(rows, title, reference):
+  lines = [f"### {title}", "",
+           f"Ratio = time / time of {reference} (> 1: slower than it).", "",
+           "| dtype | T | method | fwd ms | fwd+bwd ms | fwd ratio | fwd+bwd ratio | fwd GFLOP/s "
+           "| fwd+bwd GFLOP/s | matmul GFLOP/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+  for r in rows:
+    lines.append(
+      f"| {r['dtype']} | {r['length']} | {r['method']} | {_fmt(r['fwd_ms'])} | "
+      f"{_fmt(r['fwd_bwd_ms'])} | {_fmt(r['ratio_fwd'], 2)} | {_fmt(r['ratio_fwd_bwd'], 2)} | "
+      f"{_fmt(r.get('fwd_gflops'))} | {_fmt(r.get('fwd_bwd_gflops'))} | "
+      f"{_fmt(r.get('matmul_gflops'))} |" + (f" skipped: {r['skipped']}" if r["skipped"] else "")
+    )
+  return "\n".join(lines) + "\n"
+
+
+def _linear_scaling(rows):
+  linear = {(r["dtype"], r["length"]): r for r in rows if r["method"] == "attnlab_linear"}
+  out = []
+  for (dtype, length), r in sorted(linear.items()):
+    if (dtype, 4 * length) in linear:
+      long = linear[(dtype, 4 * length)]
+      out.append(dict(dtype=dtype, short=length, long=4 * length,
+                      fwd_ratio=long["fwd_ms"] / r["fwd_ms"],
+                      fwd_bwd_ratio=long["fwd_bwd_ms"] / r["fwd_bwd_ms"]))  # fmt: skip
+  return out
+
+
+# ---- memory: one case per fresh subprocess, peak RSS ------------------------------------
+
+
+def _peak_rss_gib() -> float:
+  """This process's peak resident set. ``VmHWM`` belongs to the process image, whereas
+  ``ru_maxrss`` survives ``fork`` + ``exec`` and would report the parent's peak."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 2**20  # kB
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _memory_child(spec: str) -> None:
+  method, length, batch = spec.split(":")
+  length, batch = int(length), int(batch)
+  q, k, v, cotangent = _inputs(batch, length, _HEADS.value, _HEAD_DIM.value, jnp.float32)
+  jax.block_until_ready((q, k, v, cotangent))
+  inputs_gib = _peak_rss_gib()
+  seconds = None
+  if method != "baseline":
+    _, fwd_bwd = _fwd_and_fwd_bwd(_methods()[method])
+    start = time.perf_counter()
+    jax.block_until_ready(fwd_bwd(q, k, v, cotangent))
+    seconds = time.perf_counter() - start
+  print(json.dumps(dict(method=method, length=length, batch=batch, peak_rss_gib=_peak_rss_gib(),
+                        inputs_ready_rss_gib=inputs_gib,
+                        first_call_s=seconds)))  # fmt: skip
+
+
+def _run_memory_case(method, length, batch):
+  cmd = [sys.executable, "-m", "experiments.bench_attention",
+         f"--memory_child={method}:{length}:{batch}", f"--heads={_HEADS.value}",
+         f"--head_dim={_HEAD_DIM.value}"]  # fmt: skip
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+  if done.returncode != 0:
+    return dict(method=method, length=length, batch=batch, error=done.stderr[-2000:])
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_suite():
+  length, plain_length, batch = _MEMORY_LENGTH.value, _PLAIN_MEMORY_LENGTH.value, 1
+  heads = _HEADS.value
+  rows = [_run_memory_case("baseline", length, batch),
+          _run_memory_case("attnlab_chunked", length, batch)]  # fmt: skip
+  plain_gib = 4 * batch * heads * length**2 / 2**30
+  if plain_gib <= _MAX_SCORE_GIB.value:
+    rows.append(_run_memory_case("attnlab_soft", length, batch))
+  else:
+    small = _run_memory_case("attnlab_soft", plain_length, batch)
+    small_base = _run_memory_case("baseline", plain_length, batch)
+    rows += [small_base, small]
+    if "peak_rss_gib" in small:
+      growth = (length / plain_length) ** 2
+      rows.append(dict(method="attnlab_soft (extrapolated)", length=length, batch=batch,
+                       peak_rss_gib=small_base["peak_rss_gib"]
+                       + (small["peak_rss_gib"] - small_base["peak_rss_gib"]) * growth,
+                       note=f"not run: scores alone {plain_gib:.1f} GiB > --max_score_gib; "
+                       f"(peak - baseline) at T={plain_length} times (T ratio)²"))  # fmt: skip
+  return rows
+
+
+def _memory_table(rows):
+  lines = ["### Peak memory of forward+backward (fresh subprocess, peak RSS)", "",
+           "| method | T | batch | peak RSS GiB | RSS with inputs only GiB | note |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+  for r in rows:
+    note = r.get("note") or (r.get("error", "")[-120:].replace("\n", " ") if "error" in r else "")
+    peak, inputs = _fmt(r.get("peak_rss_gib"), 2), _fmt(r.get("inputs_ready_rss_gib"), 2)
+    lines.append(f"| {r['method']} | {r['length']} | {r['batch']} | {peak} | {inputs} | {note} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if _MEMORY_CHILD.value:
+    _memory_child(_MEMORY_CHILD.value)
+    return
+  backend = jax.default_backend()
+  dtypes = _DTYPES.value or (["float32", "bfloat16"] if backend == "gpu" else ["float32"])
+  lengths = [int(x) for x in _LENGTHS.value] if _LENGTHS.value else None
+  report = dict(
+      jax=jax.__version__, flax=flax.__version__, backend=backend,
+      device=str(jax.devices()[0].device_kind), cpu_count=os.cpu_count(),
+      machine=platform.machine(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
+      load_average=os.getloadavg(), reps=_REPS.value, statistic="median",
+  )  # fmt: skip
+  markdown = [f"## Attention benchmark ({backend}, jax {jax.__version__}, "
+              f"{report['date']}, load {report['load_average'][0]:.1f})", ""]  # fmt: skip
+  suite = _SUITE.value
+  if suite in ("all", "primitives"):
+    print("primitives suite", flush=True)
+    rows = _time_suite(("attnlab_soft", "jax_nn", "flax_linen"), lengths or [128, 512, 2048],
+                       _BATCH.value or 4, dtypes, _REPS.value, with_matmul=False)  # fmt: skip
+    _add_ratios(rows, ("attnlab_soft",))
+    report["primitives"] = rows
+    markdown.append(_time_table(rows, "Primitives (issue 2)", "attnlab_soft"))
+  if suite in ("all", "efficient"):
+    print("efficient suite", flush=True)
+    names = ("attnlab_soft", "attnlab_chunked", "attnlab_linear", "jax_nn", "flax_linen")
+    rows = _time_suite(names, lengths or [512, 2048, 8192], _BATCH.value or 1, dtypes,
+                       _REPS.value, with_matmul=True)  # fmt: skip
+    _add_ratios(rows, _ATTNLAB_EXACT)
+    report["efficient"] = rows
+    report["linear_scaling"] = _linear_scaling(rows)
+    markdown.append(_time_table(rows, "Efficient attention (issue 6)", "attnlab's best exact"))
+    for s in report["linear_scaling"]:
+      markdown.append(f"Linear attention, T={s['long']} / T={s['short']} ({s['dtype']}): "
+                      f"fwd {s['fwd_ratio']:.2f}x, fwd+bwd {s['fwd_bwd_ratio']:.2f}x "
+                      "(linear scaling = 4x).\n")  # fmt: skip
+  if suite in ("all", "memory"):
+    print("memory suite", flush=True)
+    report["memory"] = _memory_suite()
+    markdown.append(_memory_table(report["memory"]))
+  text = "\n".join(markdown)
+  print(text)
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  with open(_OUT.value + ".json", "w") as f:
+    json.dump(report, f, indent=1)
+  with open(_OUT.value + ".md", "w") as f:
+    f.write(text)
+  print(f"wrote {_OUT.value}.json and {_OUT.value}.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,149 @@
+"""The attention dispatcher: a pure, testable choice, identical results, a visible choice."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attnlab
+from attnlab.efficient import chunked, dispatch
+from attnlab.efficient.dispatch import AttentionProblem, Implementation, MaskKind
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+_GPU_BF16 = AttentionProblem(
+    backend="gpu", dtype="bfloat16", batch=2, q_len=1024, k_len=1024, heads=8, head_dim=64,
+    value_dim=64, mask_kind=MaskKind.NONE,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("mask_kind", list(MaskKind))
+@pytest.mark.parametrize("length", [16, 4096])
+def test_cpu_never_picks_cudnn(dtype, mask_kind, length):
+  problem = dataclasses.replace(
+    _GPU_BF16, backend="cpu", dtype=dtype, mask_kind=mask_kind, q_len=length, k_len=length
+  )
+  assert dispatch.choose_implementation(problem) in (Implementation.SOFT, Implementation.CHUNKED)
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cuda"])
+@pytest.mark.parametrize("mask_kind", [MaskKind.NONE, MaskKind.CAUSAL])
+def test_gpu_half_precision_without_arbitrary_mask_picks_cudnn(backend, mask_kind):
+  problem = dataclasses.replace(_GPU_BF16, backend=backend, mask_kind=mask_kind)
+  assert dispatch.choose_implementation(problem) is Implementation.CUDNN
+  fp16 = dataclasses.replace(problem, dtype="float16", head_dim=128, value_dim=128)
+  assert dispatch.choose_implementation(fp16) is Implementation.CUDNN
+
+
+@pytest.mark.parametrize(
+  "change",
+  [
+    dict(dtype="float32"),  # cuDNN flash attention is half precision only
+    dict(mask_kind=MaskKind.DENSE),  # could hide empty rows behind jax.nn's uniform output
+    dict(mask_kind=MaskKind.KEY_PADDING),
+    dict(head_dim=256, value_dim=256),
+    dict(head_dim=60, value_dim=60),
+    dict(value_dim=32),
+    dict(backend="tpu"),
+  ],
+)
+def test_gpu_falls_back_to_attnlab_outside_cudnn_support(change):
+  problem = dataclasses.replace(_GPU_BF16, **change)
+  assert dispatch.choose_implementation(problem) is not Implementation.CUDNN
+
+
+def test_cpu_picks_plain_for_one_key_tile_and_chunked_beyond():
+  short = dataclasses.replace(_GPU_BF16, backend="cpu", k_len=chunked.DEFAULT_BLOCK_K)
+  long = dataclasses.replace(short, k_len=chunked.DEFAULT_BLOCK_K + 1)
+  assert dispatch.choose_implementation(short) is Implementation.SOFT
+  assert dispatch.choose_implementation(long) is Implementation.CHUNKED
+
+
+def test_mask_kind_classification():
+  assert dispatch.mask_kind(None, False) is MaskKind.NONE
+  assert dispatch.mask_kind(None, True) is MaskKind.CAUSAL
+  assert dispatch.mask_kind(jnp.ones((2, 1, 1, 5), bool), True) is MaskKind.KEY_PADDING
+  assert dispatch.mask_kind(jnp.ones((2, 1, 3, 5), bool), False) is MaskKind.DENSE
+
+
+def _inputs(batch=2, q_len=7, k_len=9, heads=3, depth=8, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = jax.random.normal(keys[0], (batch, q_len, heads, depth))
+  k = jax.random.normal(keys[1], (batch, k_len, heads, depth))
+  v = jax.random.normal(keys[2], (batch, k_len, heads, depth))
+  dense = jax.random.bernoulli(keys[3], 0.6, (batch, 1, q_len, k_len)).at[0, 0, 2].set(False)
+  padding = jnp.ones((batch, 1, 1, k_len), bool).at[1].set(False)  # example 1: nothing visible
+  return q, k, v, dense, padding
+
+
+@pytest.mark.parametrize(
+  "mask_name, causal", [("none", False), ("none", True), ("dense", True), ("padding", False)]
+)
+def test_all_cpu_implementations_agree_with_multi_head_soft_attention(mask_name, causal):
+  q, k, v, dense, padding = _inputs()
+  mask = dict(none=None, dense=dense, padding=padding)[mask_name]
+  full = jnp.ones((1, 1, 7, 9), bool) if mask is None else mask
+  if causal:
+    full = full & attnlab.causal_mask(7, 9)[None, None]
+  cotangent = jax.random.normal(jax.random.key(9), q.shape)
+
+  def value_and_grads(fn):
+    def loss(q, k, v):
+      out = fn(q, k, v)
+      return jnp.sum(out * cotangent), out
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+
+  ref_grads, ref_out = value_and_grads(
+    lambda q, k, v: attnlab.multi_head_soft_attention(q, k, v, full)[0]
+  )
+  for impl in ("soft", "chunked", "xla"):
+    choices = []
+
+    def via_dispatch(q, k, v, impl=impl, choices=choices):
+      out, choice = dispatch.dot_product_attention(
+        q, k, v, mask, causal=causal, implementation=impl
+      )
+      choices.append(choice)
+      return out
+
+    grads, out = value_and_grads(via_dispatch)
+    assert choices == [Implementation(impl)]
+    np.testing.assert_allclose(out, ref_out, **TOL, err_msg=impl)
+    for g, r in zip(grads, ref_grads, strict=True):
+      np.testing.assert_allclose(g, r, **TOL, err_msg=impl)
+  # Queries that see no key get zeros from every implementation, jax.nn included.
+  if mask_name == "padding":
+    np.testing.assert_array_equal(out[1], 0.0)
+
+
+def test_automatic_choice_is_returned_and_matches_choose_implementation():
+  q, k, v, _, _ = _inputs(k_len=chunked.DEFAULT_BLOCK_K + 3)
+  out, choice = dispatch.dot_product_attention(q, k, v, causal=True)
+  problem = AttentionProblem(
+      backend=jax.default_backend(), dtype="float32", batch=2, q_len=7,
+      k_len=chunked.DEFAULT_BLOCK_K + 3, heads=3, head_dim=8, value_dim=8,
+      mask_kind=MaskKind.CAUSAL,
+  )  # fmt: skip
+  assert choice is dispatch.choose_implementation(problem)
+  forced, forced_choice = dispatch.dot_product_attention(
+    q, k, v, causal=True, implementation="soft"
+  )
+  assert forced_choice is Implementation.SOFT
+  np.testing.assert_allclose(out, forced, **TOL)
+  jitted_out = jax.jit(lambda *a: dispatch.dot_product_attention(*a, causal=True)[0])(q, k, v)
+  np.testing.assert_allclose(jitted_out, out, **TOL)
+
+
+def test_bad_overrides_are_explained():
+  q, k, v, dense, _ = _inputs()
+  with pytest.raises(ValueError, match="valid: 'cudnn', 'xla', 'soft', 'chunked'"):
+    dispatch.dot_product_attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match="needs a GPU backend"):
+    dispatch.dot_product_attention(q, k, v, implementation="cudnn", backend="cpu")
+  with pytest.raises(ValueError, match="mask kind 'dense'"):
+    dispatch.dot_product_attention(q, k, v, dense, implementation="cudnn", backend="gpu")
+  with pytest.raises(TypeError, match="boolean"):
+    dispatch.dot_product_attention(q, k, v, dense.astype(jnp.float32))
