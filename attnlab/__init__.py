@@ -1,22 +1,46 @@
-"""attnlab: pure-function attention primitives, hard-attention estimators, toy seq2seq."""
+"""attnlab: pure-function attention primitives, hard-attention estimators, toy seq2seq.
 
-from attnlab import masks, normalizers, scores
+Layers, from the bottom up:
+  * :mod:`attnlab.scores`, :mod:`attnlab.normalizers`, :mod:`attnlab.sparse_normalizers`,
+    :mod:`attnlab.masks`: per-head building blocks.
+  * :func:`soft_attention`, :func:`hard_attention` (one head, one example) and their
+    batched multi-head forms; :mod:`attnlab.efficient` (chunked, linear, local, dispatch).
+  * :mod:`attnlab.estimators`: score-function estimators, baselines, enumeration.
+  * :mod:`attnlab.modules` (Flax Linen), :mod:`attnlab.tasks`, :mod:`attnlab.metrics`,
+    :mod:`attnlab.objectives`, :mod:`attnlab.train`.
+"""
+
+from attnlab import efficient, estimators, masks, normalizers, scores, sparse_normalizers
+from attnlab.efficient import (
+    chunked_soft_attention,
+    dot_product_attention,
+    linear_attention,
+    local_attention,
+)
 from attnlab.hard import HardAttentionOutput, HardMode, hard_attention
 from attnlab.masks import causal_mask, combine_masks, local_mask, padding_mask
 from attnlab.multihead import multi_head_hard_attention, multi_head_soft_attention
 from attnlab.normalizers import softmax
 from attnlab.scores import additive, dot, general, scaled_dot
 from attnlab.soft import soft_attention
+from attnlab.sparse_normalizers import entmax15, sparsemax
 
 __all__ = [
     "HardAttentionOutput",
     "HardMode",
     "additive",
     "causal_mask",
+    "chunked_soft_attention",
     "combine_masks",
     "dot",
+    "dot_product_attention",
+    "efficient",
+    "entmax15",
+    "estimators",
     "general",
     "hard_attention",
+    "linear_attention",
+    "local_attention",
     "local_mask",
     "masks",
     "multi_head_hard_attention",
@@ -27,4 +51,6 @@ __all__ = [
     "scores",
     "soft_attention",
     "softmax",
+    "sparse_normalizers",
+    "sparsemax",
 ]
