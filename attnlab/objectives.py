@@ -200,17 +200,27 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   if outs.soft_logits is None or outs.attention.log_prob is None:
     raise ValueError("REINFORCE needs a hard-attention model (attention kind 'hard').")
   log_lik_KxBxT = jax.vmap(_token_log_likelihood, (0, None))(outs.logits, batch.targets)
-  soft_log_lik_KxBxT = jax.vmap(_token_log_likelihood, (0, None))(outs.soft_logits, batch.targets)
   mask_KxBxT = jnp.broadcast_to(target_mask_BxT[None], log_lik_KxBxT.shape)
   mask_f = mask_KxBxT.astype(jnp.float32)
+  # The soft readout is computed only when used (a Transformer needs a second decoder
+  # pass for it); otherwise XLA drops it from the program.
+  needs_soft = cfg.baseline is Baseline.SOFT or cfg.mix_probability > 0.0
+  soft_log_lik_KxBxT = (
+      jax.vmap(_token_log_likelihood, (0, None))(outs.soft_logits, batch.targets)
+      if needs_soft
+      else None
+  )
 
   # Expectation mixing: where chosen, the step uses the soft context and its exact gradient.
-  batch_size = target_mask_BxT.shape[0]
-  use_soft_KxB = jax.vmap(
-      lambda k: estimators.expectation_mask(k, batch_size, cfg.mix_probability, cfg.mix_scope)
-  )(jax.random.split(mix_key, cfg.num_samples))
-  use_soft_KxBxT = jnp.broadcast_to(use_soft_KxB[:, :, None], log_lik_KxBxT.shape)
-  used_log_lik = jnp.where(use_soft_KxBxT, soft_log_lik_KxBxT, log_lik_KxBxT)
+  use_soft_KxBxT = jnp.zeros(log_lik_KxBxT.shape, bool)
+  used_log_lik = log_lik_KxBxT
+  if cfg.mix_probability > 0.0:
+    batch_size = target_mask_BxT.shape[0]
+    use_soft_KxB = jax.vmap(
+        lambda k: estimators.expectation_mask(k, batch_size, cfg.mix_probability, cfg.mix_scope)
+    )(jax.random.split(mix_key, cfg.num_samples))
+    use_soft_KxBxT = jnp.broadcast_to(use_soft_KxB[:, :, None], log_lik_KxBxT.shape)
+    used_log_lik = jnp.where(use_soft_KxBxT, soft_log_lik_KxBxT, log_lik_KxBxT)
 
   returns_KxBxT = jax.vmap(_returns, (0, 0, None))(log_lik_KxBxT, mask_KxBxT, cfg.credit)
   extra_loss = jnp.zeros((), jnp.float32)
@@ -253,7 +263,6 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   advantage = jax.lax.stop_gradient(returns_KxBxT - baseline_KxBxT)
   metric_values = {
       "nll": -_masked_mean(log_lik_KxBxT, mask_KxBxT),
-      "soft_nll": -_masked_mean(soft_log_lik_KxBxT, mask_KxBxT),
       "return": _masked_mean(returns_KxBxT, mask_KxBxT),
       "advantage_rms": jnp.sqrt(_masked_mean(advantage**2, mask_KxBxT)),
       "attention_entropy": entropy,
