@@ -53,7 +53,7 @@ class HardAttentionOutput(NamedTuple):
 
 
 def categorical_stats(
-    scores_QxK: chex.Array, mask_QxK: chex.Array | None, temperature: float = 1.0
+  scores_QxK: chex.Array, mask_QxK: chex.Array | None, temperature: float = 1.0
 ) -> tuple[chex.Array, chex.Array, chex.Array, chex.Array]:
   """Log-probabilities, probabilities, entropy and row validity of a masked categorical.
 
@@ -62,7 +62,7 @@ def categorical_stats(
     ``log_probs`` is 0 at masked keys.
   """
   log_probs_QxK, valid_QxK = normalizers.masked_log_softmax(
-      scores_QxK, mask_QxK, temperature=temperature
+    scores_QxK, mask_QxK, temperature=temperature
   )
   probs_QxK = jnp.where(valid_QxK, jnp.exp(log_probs_QxK), 0.0)
   entropy_Q = -jnp.sum(probs_QxK * log_probs_QxK, axis=-1)
@@ -70,15 +70,15 @@ def categorical_stats(
 
 
 def hard_attention(
-    key: chex.PRNGKey | None,
-    q: chex.Array,
-    k: chex.Array,
-    v: chex.Array,
-    mask: chex.Array | None = None,
-    *,
-    score_fn: ScoreFn = scores.scaled_dot,
-    mode: str | HardMode = "sample",
-    temperature: float = 1.0,
+  key: chex.PRNGKey | None,
+  q: chex.Array,
+  k: chex.Array,
+  v: chex.Array,
+  mask: chex.Array | None = None,
+  *,
+  score_fn: ScoreFn = scores.scaled_dot,
+  mode: str | HardMode = "sample",
+  temperature: float = 1.0,
 ) -> HardAttentionOutput:
   """Hard attention: each query takes the value at ONE key position.
 
@@ -119,7 +119,7 @@ def hard_attention(
   scores_QxK = score_fn(q, k)
   chex.assert_shape(scores_QxK, (q_len, k_len))
   log_probs_QxK, probs_QxK, entropy_Q, valid_Q = categorical_stats(
-      scores_QxK, mask_QxK, temperature
+    scores_QxK, mask_QxK, temperature
   )
   choice_logits_QxK = jax.lax.stop_gradient(log_probs_QxK)
   if mask_QxK is not None:
@@ -133,10 +133,10 @@ def hard_attention(
   context_QxDv = jnp.take(v, index_Q, axis=0)
   context_QxDv = jnp.where(valid_Q[:, None], context_QxDv, jnp.zeros((), v.dtype))
   return HardAttentionOutput(
-      context=context_QxDv,
-      index=index_Q,
-      log_prob=log_prob_Q,
-      entropy=entropy_Q,
-      probs=probs_QxK,
-      valid=valid_Q,
+    context=context_QxDv,
+    index=index_Q,
+    log_prob=log_prob_Q,
+    entropy=entropy_Q,
+    probs=probs_QxK,
+    valid=valid_Q,
   )

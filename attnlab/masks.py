@@ -90,11 +90,13 @@ def as_query_key_mask(mask: chex.Array | None, q_len: int, k_len: int) -> chex.A
   mask = jnp.asarray(mask)
   if mask.dtype != jnp.bool_:
     raise TypeError(f"attention masks must be boolean (True = attend), got dtype {mask.dtype}.")
-  if mask.ndim not in (1, 2) or mask.shape[-1] != k_len or (
-      mask.ndim == 2 and mask.shape[0] not in (1, q_len)
+  if (
+    mask.ndim not in (1, 2)
+    or mask.shape[-1] != k_len
+    or (mask.ndim == 2 and mask.shape[0] not in (1, q_len))
   ):
     raise ValueError(
-        f"mask of shape {mask.shape} does not fit Tq={q_len}, Tk={k_len}: expected "
-        f"[{q_len}, {k_len}], [1, {k_len}] or [{k_len}]."
+      f"mask of shape {mask.shape} does not fit Tq={q_len}, Tk={k_len}: expected "
+      f"[{q_len}, {k_len}], [1, {k_len}] or [{k_len}]."
     )
   return jnp.broadcast_to(mask, (q_len, k_len))

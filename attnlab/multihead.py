@@ -29,16 +29,16 @@ def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
   batch, q_len, heads, _ = q.shape
   if k.shape[:1] + k.shape[2:3] != (batch, heads) or v.shape[:3] != k.shape[:3]:
     raise ValueError(
-        f"q {q.shape}, k {k.shape}, v {v.shape} disagree: expected q [B, T, H, Dk], "
-        "k [B, S, H, Dk], v [B, S, H, Dv] with the same B and H."
+      f"q {q.shape}, k {k.shape}, v {v.shape} disagree: expected q [B, T, H, Dk], "
+      "k [B, S, H, Dk], v [B, S, H, Dv] with the same B and H."
     )
   k_len = k.shape[1]
   if mask is not None:
     expected = (batch, heads, q_len, k_len)
     if mask.ndim != 4 or any(m not in (1, e) for m, e in zip(mask.shape, expected, strict=True)):
       raise ValueError(
-          f"mask of shape {mask.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
-          "(rank 4, each axis 1 or full)."
+        f"mask of shape {mask.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
+        "(rank 4, each axis 1 or full)."
       )
   return batch, q_len, heads, k_len
 
@@ -62,30 +62,30 @@ def _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, head_out_
   mask, mask_b, mask_h = _mask_axes(mask)
   key_axis = None if keys is None else 0
   over_heads = jax.vmap(
-      per_head,
-      in_axes=(1, 1, 1, mask_h, 0, key_axis),
-      out_axes=head_out_axes,
+    per_head,
+    in_axes=(1, 1, 1, mask_h, 0, key_axis),
+    out_axes=head_out_axes,
   )
   over_batch = jax.vmap(
-      over_heads,
-      in_axes=(0, 0, 0, mask_b, None, key_axis),
-      out_axes=0,
+    over_heads,
+    in_axes=(0, 0, 0, mask_b, None, key_axis),
+    out_axes=0,
   )
   # Inside the batch vmap, q/k/v are [T, H, D]: heads on axis 1.
   return over_batch(q, k, v, mask, score_params, keys)
 
 
 def multi_head_soft_attention(
-    q: chex.Array,
-    k: chex.Array,
-    v: chex.Array,
-    mask: chex.Array | None = None,
-    *,
-    score_fn: soft.ScoreFn = scores.scaled_dot,
-    score_params: dict[str, chex.Array] | None = None,
-    normalizer: soft.Normalizer = normalizers.softmax,
-    dropout_rate: float = 0.0,
-    dropout_key: chex.PRNGKey | None = None,
+  q: chex.Array,
+  k: chex.Array,
+  v: chex.Array,
+  mask: chex.Array | None = None,
+  *,
+  score_fn: soft.ScoreFn = scores.scaled_dot,
+  score_params: dict[str, chex.Array] | None = None,
+  normalizer: soft.Normalizer = normalizers.softmax,
+  dropout_rate: float = 0.0,
+  dropout_key: chex.PRNGKey | None = None,
 ) -> tuple[chex.Array, chex.Array]:
   """Multi-head soft attention: :func:`attnlab.soft_attention` vmapped over heads and batch.
 
@@ -117,16 +117,16 @@ def multi_head_soft_attention(
 
 
 def multi_head_hard_attention(
-    key: chex.PRNGKey | None,
-    q: chex.Array,
-    k: chex.Array,
-    v: chex.Array,
-    mask: chex.Array | None = None,
-    *,
-    score_fn: soft.ScoreFn = scores.scaled_dot,
-    score_params: dict[str, chex.Array] | None = None,
-    mode: str | hard.HardMode = "sample",
-    temperature: float = 1.0,
+  key: chex.PRNGKey | None,
+  q: chex.Array,
+  k: chex.Array,
+  v: chex.Array,
+  mask: chex.Array | None = None,
+  *,
+  score_fn: soft.ScoreFn = scores.scaled_dot,
+  score_params: dict[str, chex.Array] | None = None,
+  mode: str | hard.HardMode = "sample",
+  temperature: float = 1.0,
 ) -> hard.HardAttentionOutput:
   """Multi-head hard attention: :func:`attnlab.hard_attention` vmapped over heads and batch.
 

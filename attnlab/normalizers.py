@@ -33,7 +33,7 @@ def _check_temperature(temperature: float) -> None:
 
 
 def masked_log_softmax(
-    scores: chex.Array, mask: chex.Array | None = None, *, temperature: float = 1.0
+  scores: chex.Array, mask: chex.Array | None = None, *, temperature: float = 1.0
 ) -> tuple[chex.Array, chex.Array]:
   """Float32 log-softmax over the last axis that is finite everywhere.
 
@@ -53,7 +53,7 @@ def masked_log_softmax(
     return jax.nn.log_softmax(logits, axis=-1), jnp.ones(logits.shape, bool)
   # The max is a constant shift: no gradient through it, and a finite value for empty rows.
   row_max = jax.lax.stop_gradient(
-      jnp.max(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1, keepdims=True)
+    jnp.max(jnp.where(mask, logits, jnp.finfo(logits.dtype).min), axis=-1, keepdims=True)
   )
   # `where` before exp: masked logits may be -inf/huge; their gradient must be exactly 0.
   shifted = jnp.where(mask, logits - row_max, 0.0)
@@ -64,7 +64,7 @@ def masked_log_softmax(
 
 
 def softmax(
-    scores: chex.Array, mask: chex.Array | None = None, *, temperature: float = 1.0
+  scores: chex.Array, mask: chex.Array | None = None, *, temperature: float = 1.0
 ) -> chex.Array:
   """Masked softmax over the key (last) axis, computed in float32.
 

@@ -97,10 +97,10 @@ class ObjectiveConfig:
 
   def __post_init__(self):
     for field, cls in (
-        ("objective", Objective),
-        ("baseline", Baseline),
-        ("credit", Credit),
-        ("mix_scope", estimators.MixScope),
+      ("objective", Objective),
+      ("baseline", Baseline),
+      ("credit", Credit),
+      ("mix_scope", estimators.MixScope),
     ):
       object.__setattr__(self, field, parse_enum(cls, getattr(self, field), field))
     if self.num_samples < 1:
@@ -148,12 +148,12 @@ def _position_log_likelihood(out: Seq2SeqOutput, targets_BxT: chex.Array) -> che
   """``log p(y_t | z)`` for every source position: ``[B, T, S]``."""
   if out.position_logits is None:
     raise ValueError(
-        "this objective enumerates alignments, but the model returned no position_logits: "
-        "use the RNN family with feedback 'none' or 'expected'."
+      "this objective enumerates alignments, but the model returned no position_logits: "
+      "use the RNN family with feedback 'none' or 'expected'."
     )
   log_probs_BxTxSxV = jax.nn.log_softmax(out.position_logits.astype(jnp.float32), axis=-1)
   targets_BxTxSx1 = jnp.broadcast_to(
-      targets_BxT[:, :, None, None], log_probs_BxTxSxV.shape[:3] + (1,)
+    targets_BxT[:, :, None, None], log_probs_BxTxSxV.shape[:3] + (1,)
   )
   return jnp.take_along_axis(log_probs_BxTxSxV, targets_BxTxSx1, axis=-1)[..., 0]
 
@@ -183,12 +183,12 @@ def _returns(rewards_BxT, mask_BxT, credit):
 
 def _apply(model, params, batch, key, *, enumerate_positions=False):
   return model.apply(
-      params,
-      batch.inputs,
-      batch.input_lengths,
-      tasks.decoder_inputs(batch.targets),
-      enumerate_positions=enumerate_positions,
-      rngs={"attention": key},
+    params,
+    batch.inputs,
+    batch.input_lengths,
+    tasks.decoder_inputs(batch.targets),
+    enumerate_positions=enumerate_positions,
+    rngs={"attention": key},
   )
 
 
@@ -206,9 +206,9 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   # pass for it); otherwise XLA drops it from the program.
   needs_soft = cfg.baseline is Baseline.SOFT or cfg.mix_probability > 0.0
   soft_log_lik_KxBxT = (
-      jax.vmap(_token_log_likelihood, (0, None))(outs.soft_logits, batch.targets)
-      if needs_soft
-      else None
+    jax.vmap(_token_log_likelihood, (0, None))(outs.soft_logits, batch.targets)
+    if needs_soft
+    else None
   )
 
   # Expectation mixing: where chosen, the step uses the soft context and its exact gradient.
@@ -217,7 +217,7 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   if cfg.mix_probability > 0.0:
     batch_size = target_mask_BxT.shape[0]
     use_soft_KxB = jax.vmap(
-        lambda k: estimators.expectation_mask(k, batch_size, cfg.mix_probability, cfg.mix_scope)
+      lambda k: estimators.expectation_mask(k, batch_size, cfg.mix_probability, cfg.mix_scope)
     )(jax.random.split(mix_key, cfg.num_samples))
     use_soft_KxBxT = jnp.broadcast_to(use_soft_KxB[:, :, None], log_lik_KxBxT.shape)
     used_log_lik = jnp.where(use_soft_KxBxT, soft_log_lik_KxBxT, log_lik_KxBxT)
@@ -228,15 +228,19 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
     baseline_KxBxT = jnp.zeros_like(returns_KxBxT)
   elif cfg.baseline is Baseline.EMA:
     ema_T = estimators.ema_baseline_value(state.ema)
-    baseline_KxBxT = jnp.broadcast_to(ema_T[None, None, : returns_KxBxT.shape[-1]], returns_KxBxT.shape)
+    baseline_KxBxT = jnp.broadcast_to(
+      ema_T[None, None, : returns_KxBxT.shape[-1]], returns_KxBxT.shape
+    )
   elif cfg.baseline is Baseline.LEARNED:
     if outs.baseline is None:
       raise ValueError("baseline=learned needs a model built with learned_baseline=True.")
     baseline_KxBxT = outs.baseline
     # Per-token mean, like the bound, so the coefficient does not scale with batch or K.
-    extra_loss = cfg.baseline_loss_coef * estimators.learned_baseline_loss(
-        outs.baseline, returns_KxBxT, mask_KxBxT
-    ) / jnp.maximum(jnp.sum(mask_f), 1.0)
+    extra_loss = (
+      cfg.baseline_loss_coef
+      * estimators.learned_baseline_loss(outs.baseline, returns_KxBxT, mask_KxBxT)
+      / jnp.maximum(jnp.sum(mask_f), 1.0)
+    )
   elif cfg.baseline is Baseline.RLOO:
     baseline_KxBxT = estimators.leave_one_out_baseline(returns_KxBxT)
   else:  # Baseline.SOFT: the soft context's return under the same decoder states.
@@ -244,31 +248,31 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
 
   score_mask = mask_KxBxT & ~use_soft_KxBxT
   surrogate = estimators.score_function_surrogate(
-      outs.attention.log_prob, returns_KxBxT, baseline_KxBxT, mask=score_mask
+    outs.attention.log_prob, returns_KxBxT, baseline_KxBxT, mask=score_mask
   )
   n_tokens = jnp.maximum(jnp.sum(mask_f), 1.0)
   # Pathwise term ∇ log p(y | z) plus the score-function term, both per-token means.
   bound_loss = (-jnp.sum(used_log_lik * mask_f) + surrogate) / n_tokens
   entropy = _masked_mean(outs.attention.entropy, mask_KxBxT)
   new_state = ObjectiveState(
-      ema=estimators.ema_baseline_update(
-          state.ema,
-          returns_KxBxT.reshape((-1, returns_KxBxT.shape[-1])),
-          mask_KxBxT.reshape((-1, mask_KxBxT.shape[-1])),
-          decay=cfg.ema_decay,
-      )
-      if cfg.baseline is Baseline.EMA
-      else state.ema
+    ema=estimators.ema_baseline_update(
+      state.ema,
+      returns_KxBxT.reshape((-1, returns_KxBxT.shape[-1])),
+      mask_KxBxT.reshape((-1, mask_KxBxT.shape[-1])),
+      decay=cfg.ema_decay,
+    )
+    if cfg.baseline is Baseline.EMA
+    else state.ema
   )
   advantage = jax.lax.stop_gradient(returns_KxBxT - baseline_KxBxT)
   metric_values = {
-      "nll": -_masked_mean(log_lik_KxBxT, mask_KxBxT),
-      "return": _masked_mean(returns_KxBxT, mask_KxBxT),
-      "advantage_rms": jnp.sqrt(_masked_mean(advantage**2, mask_KxBxT)),
-      "attention_entropy": entropy,
-      "token_accuracy": _masked_mean(
-          (jnp.argmax(outs.logits, -1) == batch.targets[None]).astype(jnp.float32), mask_KxBxT
-      ),
+    "nll": -_masked_mean(log_lik_KxBxT, mask_KxBxT),
+    "return": _masked_mean(returns_KxBxT, mask_KxBxT),
+    "advantage_rms": jnp.sqrt(_masked_mean(advantage**2, mask_KxBxT)),
+    "attention_entropy": entropy,
+    "token_accuracy": _masked_mean(
+      (jnp.argmax(outs.logits, -1) == batch.targets[None]).astype(jnp.float32), mask_KxBxT
+    ),
   }
   return bound_loss, extra_loss - cfg.entropy_coef * entropy, metric_values, new_state
 
@@ -285,7 +289,7 @@ def _objective_terms(params, model, batch, key, cfg, state):
   out = _apply(model, params, batch, key, enumerate_positions=cfg.needs_enumeration)
   entropy = _masked_mean(out.attention.entropy, target_mask_BxT)
   token_accuracy = _masked_mean(
-      (jnp.argmax(out.logits, -1) == batch.targets).astype(jnp.float32), target_mask_BxT
+    (jnp.argmax(out.logits, -1) == batch.targets).astype(jnp.float32), target_mask_BxT
   )
   if cfg.objective is Objective.SOFT:
     per_step_BxT = _token_log_likelihood(out.logits, batch.targets)
@@ -313,7 +317,7 @@ def loss_fn(params, model, batch, key, cfg: ObjectiveConfig, state: ObjectiveSta
     ``(loss, LossAux(metrics, new_state))``; use ``jax.value_and_grad(..., has_aux=True)``.
   """
   bound_loss, extra_loss, metric_values, new_state = _objective_terms(
-      params, model, batch, key, cfg, state
+    params, model, batch, key, cfg, state
   )
   loss = bound_loss + extra_loss
   metric_values = dict(metric_values, loss=loss)
@@ -323,9 +327,7 @@ def loss_fn(params, model, batch, key, cfg: ObjectiveConfig, state: ObjectiveSta
 def _is_enumerable(params, model, batch, key) -> bool:
   """Whether the model can score every alignment exactly (traced shapes only, no compute)."""
   try:
-    out = jax.eval_shape(
-        lambda p: _apply(model, p, batch, key, enumerate_positions=True), params
-    )
+    out = jax.eval_shape(lambda p: _apply(model, p, batch, key, enumerate_positions=True), params)
   except ValueError:  # e.g. sampled feedback: later states depend on the sample.
     return False
   return out.position_logits is not None and out.attention.log_prob is not None

@@ -24,9 +24,9 @@ def _check_qk(q: chex.Array, k: chex.Array) -> None:
   chex.assert_rank([q, k], 2)
   if q.shape[-1] != k.shape[-1]:
     raise ValueError(
-        f"query and key feature sizes differ: q has shape {q.shape}, k has shape {k.shape}; "
-        "dot-product scores need q [Tq, D] and k [Tk, D] (use `general` or `additive` "
-        "for different sizes)."
+      f"query and key feature sizes differ: q has shape {q.shape}, k has shape {k.shape}; "
+      "dot-product scores need q [Tq, D] and k [Tk, D] (use `general` or `additive` "
+      "for different sizes)."
     )
 
 
@@ -85,7 +85,7 @@ def general(q: chex.Array, k: chex.Array, *, w: chex.Array) -> chex.Array:
   chex.assert_rank([q, k, w], 2)
   if w.shape != (q.shape[-1], k.shape[-1]):
     raise ValueError(
-        f"`general` needs w of shape [Dq, Dk] = {(q.shape[-1], k.shape[-1])}, got {w.shape}."
+      f"`general` needs w of shape [Dq, Dk] = {(q.shape[-1], k.shape[-1])}, got {w.shape}."
     )
   acc = _acc(q, k, w)
   qw_QxDk = jnp.einsum("qd,de->qe", q, w, preferred_element_type=acc)
@@ -93,7 +93,7 @@ def general(q: chex.Array, k: chex.Array, *, w: chex.Array) -> chex.Array:
 
 
 def additive(
-    q: chex.Array, k: chex.Array, *, w_q: chex.Array, w_k: chex.Array, v: chex.Array
+  q: chex.Array, k: chex.Array, *, w_q: chex.Array, w_k: chex.Array, v: chex.Array
 ) -> chex.Array:
   """Additive score ``vᵀ tanh(W_q q + W_k k)`` (Bahdanau et al. 2015).
 
@@ -112,12 +112,14 @@ def additive(
     Translate", ICLR 2015.
   """
   chex.assert_rank([q, k, w_q, w_k, v], [2, 2, 2, 2, 1])
-  if w_q.shape[0] != q.shape[-1] or w_k.shape[0] != k.shape[-1] or not (
-      w_q.shape[1] == w_k.shape[1] == v.shape[0]
+  if (
+    w_q.shape[0] != q.shape[-1]
+    or w_k.shape[0] != k.shape[-1]
+    or not (w_q.shape[1] == w_k.shape[1] == v.shape[0])
   ):
     raise ValueError(
-        "`additive` needs w_q [Dq, A], w_k [Dk, A], v [A]; got "
-        f"q {q.shape}, k {k.shape}, w_q {w_q.shape}, w_k {w_k.shape}, v {v.shape}."
+      "`additive` needs w_q [Dq, A], w_k [Dk, A], v [A]; got "
+      f"q {q.shape}, k {k.shape}, w_q {w_q.shape}, w_k {w_k.shape}, v {v.shape}."
     )
   acc = _acc(q, k, w_q, w_k, v)
   proj_q_QxA = jnp.einsum("qd,da->qa", q, w_q, preferred_element_type=acc)

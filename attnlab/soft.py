@@ -16,15 +16,15 @@ Normalizer = Callable[..., chex.Array]
 
 
 def soft_attention(
-    q: chex.Array,
-    k: chex.Array,
-    v: chex.Array,
-    mask: chex.Array | None = None,
-    *,
-    score_fn: ScoreFn = scores.scaled_dot,
-    normalizer: Normalizer = normalizers.softmax,
-    dropout_rate: float = 0.0,
-    dropout_key: chex.PRNGKey | None = None,
+  q: chex.Array,
+  k: chex.Array,
+  v: chex.Array,
+  mask: chex.Array | None = None,
+  *,
+  score_fn: ScoreFn = scores.scaled_dot,
+  normalizer: Normalizer = normalizers.softmax,
+  dropout_rate: float = 0.0,
+  dropout_key: chex.PRNGKey | None = None,
 ) -> tuple[chex.Array, chex.Array]:
   """Soft attention: ``context = normalizer(score_fn(q, k)) v`` for one head.
 
@@ -72,6 +72,6 @@ def soft_attention(
     mixing_QxK = jnp.where(keep_QxK, weights_QxK / (1.0 - dropout_rate), 0.0)
   acc_v = jnp.promote_types(acc, v.dtype)
   context_QxDv = jnp.einsum(
-      "qk,kd->qd", mixing_QxK.astype(v.dtype), v, preferred_element_type=acc_v
+    "qk,kd->qd", mixing_QxK.astype(v.dtype), v, preferred_element_type=acc_v
   )
   return context_QxDv.astype(v.dtype), weights_QxK.astype(v.dtype)

@@ -33,7 +33,8 @@ def _state(cfg, batch):
   return objectives.init_objective_state(cfg, batch.targets.shape[1])
 
 
-def _loss(model, params, batch, cfg, key=jax.random.key(2)):
+def _loss(model, params, batch, cfg, key=None):
+  key = jax.random.key(2) if key is None else key
   state = objectives.init_objective_state(cfg, batch.targets.shape[1])
   return objectives.loss_fn(params, model, batch, key, cfg, state)
 
@@ -41,9 +42,7 @@ def _loss(model, params, batch, cfg, key=jax.random.key(2)):
 def test_soft_objective_is_token_nll_by_hand():
   model, params, batch = _setup(attention="soft")
   loss, aux = _loss(model, params, batch, ObjectiveConfig(objective="soft"))
-  out = model.apply(
-      params, batch.inputs, batch.input_lengths, tasks.decoder_inputs(batch.targets)
-  )
+  out = model.apply(params, batch.inputs, batch.input_lengths, tasks.decoder_inputs(batch.targets))
   log_p = np.asarray(jax.nn.log_softmax(out.logits, -1))
   total, count = 0.0, 0
   for b in range(batch.targets.shape[0]):
@@ -81,26 +80,26 @@ def test_hard_enum_equals_brute_force_expectation():
 
 
 @pytest.mark.parametrize(
-    "baseline,num_samples,credit",
-    [
-        ("none", 1, "per_step"),
-        ("rloo", 4, "per_step"),
-        ("soft", 1, "per_step"),
-        ("ema", 1, "reward_to_go"),
-    ],
+  "baseline,num_samples,credit",
+  [
+    ("none", 1, "per_step"),
+    ("rloo", 4, "per_step"),
+    ("soft", 1, "per_step"),
+    ("ema", 1, "reward_to_go"),
+  ],
 )
 def test_reinforce_gradient_is_unbiased_for_the_enumerated_bound(baseline, num_samples, credit):
   # E[bias_sq] equals the Monte-Carlo floor trace(Cov)/M for an unbiased estimator; a
   # biased one sits far above it (the MARGINAL gradient below is the negative control).
   model, params, batch = _setup()
   cfg = ObjectiveConfig(
-      objective="reinforce", baseline=baseline, num_samples=num_samples, credit=credit
+    objective="reinforce", baseline=baseline, num_samples=num_samples, credit=credit
   )
   state = objectives.init_objective_state(cfg, batch.targets.shape[1])
   if baseline == "ema":  # A non-zero EMA value, as after training for a while.
     state = state._replace(ema=state.ema._replace(value=state.ema.value - 3.0))
   stats = objectives.gradient_probe(
-      params, model, batch, jax.random.key(4), cfg, state, num_samples=300
+    params, model, batch, jax.random.key(4), cfg, state, num_samples=300
   )
   assert float(stats["grad/bias_sq"]) < 3.0 * float(stats["grad/bias_sq_floor"])
   assert float(stats["grad/variance"]) > 0.0
@@ -109,7 +108,9 @@ def test_reinforce_gradient_is_unbiased_for_the_enumerated_bound(baseline, num_s
 def test_probe_detects_a_different_objective():
   model, params, batch = _setup()
   cfg = ObjectiveConfig(objective="marginal")
-  stats = objectives.gradient_probe(params, model, batch, jax.random.key(4), cfg, _state(cfg, batch), 8)
+  stats = objectives.gradient_probe(
+    params, model, batch, jax.random.key(4), cfg, _state(cfg, batch), 8
+  )
   # Deterministic gradient: zero variance, and it is not the hard bound's gradient.
   assert float(stats["grad/variance"]) < 1e-10
   assert float(stats["grad/bias_sq"]) > 1e3 * max(float(stats["grad/bias_sq_floor"]), 1e-12)
@@ -120,7 +121,9 @@ def test_baselines_reduce_variance():
   variances = {}
   for baseline, k in (("none", 4), ("rloo", 4), ("soft", 4)):
     cfg = ObjectiveConfig(objective="reinforce", baseline=baseline, num_samples=k)
-    stats = objectives.gradient_probe(params, model, batch, jax.random.key(5), cfg, _state(cfg, batch), 150)
+    stats = objectives.gradient_probe(
+      params, model, batch, jax.random.key(5), cfg, _state(cfg, batch), 150
+    )
     variances[baseline] = float(stats["grad/variance"])
   assert variances["rloo"] * 2 < variances["none"], variances
   assert variances["soft"] * 2 < variances["none"], variances
@@ -138,10 +141,10 @@ def test_ema_state_moves_only_with_ema_baseline():
 def test_every_objective_jits_and_matches_eager():
   model, params, batch = _setup()
   for cfg in (
-      ObjectiveConfig(objective="marginal"),
-      ObjectiveConfig(objective="hard_enum"),
-      ObjectiveConfig(objective="reinforce", baseline="learned", entropy_coef=0.01),
-      ObjectiveConfig(objective="reinforce", mix_probability=0.5, mix_scope="per_batch"),
+    ObjectiveConfig(objective="marginal"),
+    ObjectiveConfig(objective="hard_enum"),
+    ObjectiveConfig(objective="reinforce", baseline="learned", entropy_coef=0.01),
+    ObjectiveConfig(objective="reinforce", mix_probability=0.5, mix_scope="per_batch"),
   ):
     if cfg.baseline is Baseline.LEARNED:
       model, params, batch = _setup(learned_baseline=True)
@@ -149,7 +152,7 @@ def test_every_objective_jits_and_matches_eager():
     key = jax.random.key(6)
     eager, _ = objectives.loss_fn(params, model, batch, key, cfg, state)
     jitted, _ = jax.jit(objectives.loss_fn, static_argnums=(1, 4))(
-        params, model, batch, key, cfg, state
+      params, model, batch, key, cfg, state
     )
     np.testing.assert_allclose(eager, jitted, rtol=1e-5)
     assert np.isfinite(float(eager))
@@ -159,7 +162,9 @@ def test_mixing_everything_gives_the_soft_objective_gradient_on_attention():
   # With mix_probability=1 every step uses the expected context: no score-function term.
   model, params, batch = _setup()
   cfg = ObjectiveConfig(objective="reinforce", mix_probability=1.0)
-  stats = objectives.gradient_probe(params, model, batch, jax.random.key(7), cfg, _state(cfg, batch), 16)
+  stats = objectives.gradient_probe(
+    params, model, batch, jax.random.key(7), cfg, _state(cfg, batch), 16
+  )
   assert float(stats["grad/variance"]) < 1e-10
 
 
@@ -171,7 +176,9 @@ def test_config_errors_name_key_and_choices():
   with pytest.raises(ValueError, match="mix_probability"):
     ObjectiveConfig(mix_probability=1.5)
   assert ObjectiveConfig(credit="reward_to_go").credit is Credit.REWARD_TO_GO
-  assert dataclasses.replace(ObjectiveConfig(), objective="marginal").objective is Objective.MARGINAL
+  assert (
+    dataclasses.replace(ObjectiveConfig(), objective="marginal").objective is Objective.MARGINAL
+  )
 
 
 def test_enumeration_needs_position_logits():

@@ -1,0 +1,460 @@
+"""One run's ``ml_collections.ConfigDict`` -> validated frozen dataclasses.
+
+Every method (soft, sparse, Gumbel, exact marginal, hard with an enumerated or a REINFORCE
+gradient) shares one schema, ``configs/default.py``. :func:`parse_config` reads every key
+exactly once (``config.x``, never ``config.get``), so a missing key, an unknown key, a value
+outside its choices or a setting that does not apply to the chosen method fails at start-up,
+before anything is compiled, with a :class:`ConfigError` naming the key, the value and what
+was expected::
+
+  config.model.attention='sotf' is invalid; valid choices: ['soft', 'hard', ...]
+
+How ``model.attention`` and ``estimator.gradient`` select the training objective
+(Deng et al. 2018, "Latent Alignment and Variational Attention"):
+
+==============================================  ===========  =========================
+model.attention                                 model kind   objective
+==============================================  ===========  =========================
+soft | sparsemax | entmax15 | gumbel            same         ``Objective.SOFT``
+marginal                                        soft         ``Objective.MARGINAL``
+hard, estimator.gradient=enumerate              hard         ``Objective.HARD_ENUM``
+hard, estimator.gradient=reinforce              hard         ``Objective.REINFORCE``
+==============================================  ===========  =========================
+
+The exact-marginal model is built with soft attention: its weights are the alignment
+distribution α the marginal enumerates, and no sample is drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_collections
+
+from attnlab import modules, objectives, tasks
+from attnlab.estimators import MixScope
+from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
+
+
+class ConfigError(ValueError):
+  """An invalid run config; the message names the key, the value and what was expected."""
+
+
+class Attention(enum.Enum):
+  """``config.model.attention``: the attention method trained (see the module docstring)."""
+
+  SOFT = "soft"
+  HARD = "hard"
+  GUMBEL = "gumbel"
+  SPARSEMAX = "sparsemax"
+  ENTMAX15 = "entmax15"
+  MARGINAL = "marginal"
+
+
+class Gradient(enum.Enum):
+  """``config.estimator.gradient``: how hard attention's bound is differentiated."""
+
+  REINFORCE = "reinforce"  # score-function estimate from K sampled alignments.
+  ENUMERATE = "enumerate"  # exact gradient by enumerating every source position.
+
+
+class EvalChoice(enum.Enum):
+  """``config.model.eval_mode``: attention used by greedy decoding at evaluation."""
+
+  AUTO = "auto"  # argmax for hard, marginal and straight-through Gumbel; soft otherwise.
+  SOFT = "soft"
+  ARGMAX = "argmax"
+  SAMPLE = "sample"
+
+
+class OptimizerName(enum.Enum):
+  """``config.optimizer.name``."""
+
+  ADAM = "adam"
+  ADAMW = "adamw"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Adam(W) with linear warm-up, cosine decay and global-norm clipping.
+
+  Attributes:
+    name: :class:`OptimizerName`.
+    learning_rate: peak learning rate, reached after ``warmup_steps``.
+    warmup_steps: linear warm-up from 0.
+    final_lr_fraction: the cosine decays to ``learning_rate * final_lr_fraction`` at the end.
+    weight_decay: decoupled weight decay (``adamw`` only; must be 0 for ``adam``).
+    grad_clip_norm: clip the global gradient norm to this (0 disables clipping).
+  """
+
+  name: OptimizerName
+  learning_rate: float
+  warmup_steps: int
+  final_lr_fraction: float
+  weight_decay: float
+  grad_clip_norm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Loop settings; see ``configs/default.py`` for what each one means."""
+
+  steps: int
+  batch_size: int
+  eval_every: int
+  eval_size: int
+  eval_seed: int
+  log_every: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  probe_steps: tuple[int, ...]
+  probe_every: int
+  probe_samples: int
+  probe_batch_size: int
+  probe_seed: int
+  num_heatmaps: int
+  nan_at_step: int
+
+  def eval_steps(self) -> list[int]:
+    """Steps after which the run evaluates: every ``eval_every``, probe steps, the last."""
+    steps = set(range(self.eval_every, self.steps + 1, self.eval_every))
+    steps |= set(self.probe_steps) | {self.steps}
+    if self.probe_every:
+      steps |= set(range(self.probe_every, self.steps + 1, self.probe_every))
+    return sorted(steps)
+
+  def is_probe_step(self, step: int) -> bool:
+    periodic = self.probe_every > 0 and step > 0 and step % self.probe_every == 0
+    return step in self.probe_steps or periodic
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A parsed, validated run config.
+
+  Attributes:
+    seed: the run's seed (:func:`attnlab.train.train_and_evaluate`).
+    task: the task instance (``attnlab.tasks.get_task(config.task, **config.task_overrides)``).
+    attention: the :class:`Attention` method.
+    model: ``attnlab.modules.RNNConfig`` or ``TransformerConfig`` ready for ``build_model``.
+    eval_mode: the ``EvalMode`` of greedy decoding and the evaluation metrics.
+    objective: ``attnlab.objectives.ObjectiveConfig``.
+    optimizer: :class:`OptimizerConfig`.
+    train: :class:`TrainConfig`.
+  """
+
+  seed: int
+  task: Any
+  attention: Attention
+  model: Any
+  eval_mode: EvalMode
+  objective: objectives.ObjectiveConfig
+  optimizer: OptimizerConfig
+  train: TrainConfig
+
+
+class _Reader:
+  """Reads keys of a ConfigDict by dotted path, remembering which ones were read."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self._config = config
+    self.read: set[str] = set()
+
+  def __call__(self, path: str) -> Any:
+    node = self._config
+    for i, part in enumerate(path.split(".")):
+      if not isinstance(node, (ml_collections.ConfigDict, Mapping)) or part not in node:
+        missing = ".".join(path.split(".")[: i + 1])
+        raise ConfigError(f"config is missing key {missing!r} (see configs/default.py).")
+      node = node[part]
+    self.read.add(path)
+    return node
+
+  def unread(self) -> list[str]:
+    return sorted(p for p in _leaf_paths(self._config) if not _covered(p, self.read))
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
+  for key, value in node.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and len(value):
+      yield from _leaf_paths(value, f"{path}.")
+    else:
+      yield path
+
+
+def _covered(path: str, read: set[str]) -> bool:
+  return any(path == r or path.startswith(f"{r}.") for r in read)
+
+
+def _choice(path: str, value: Any, enum_cls: type[enum.Enum]) -> Any:
+  if isinstance(value, enum_cls):
+    return value
+  valid = [m.value for m in enum_cls]
+  if value not in valid:
+    raise ConfigError(f"config.{path}={value!r} is invalid; valid choices: {valid}.")
+  return enum_cls(value)
+
+
+def _number(path: str, value: Any, kind: type, *, low=None, high=None) -> Any:
+  ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+  if isinstance(value, bool) or not ok_type:
+    raise ConfigError(f"config.{path}={value!r} is invalid; expected {kind.__name__}.")
+  if (low is not None and value < low) or (high is not None and value > high):
+    bounds = f"in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    raise ConfigError(f"config.{path}={value!r} is invalid; expected {kind.__name__} {bounds}.")
+  return kind(value)
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+# Model fields the trainer derives from the rest of the config (never set directly).
+_DERIVED_MODEL_FIELDS = (
+    "vocab_size", "attention", "score", "learned_baseline", "bos_id", "eos_id"
+)  # fmt: skip
+
+
+def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool):
+  family = _choice("model.family", read("model.family"), Family)
+  score = _choice("model.score", read("model.score"), ScoreKind)
+  config_cls = {Family.RNN: modules.RNNConfig, Family.TRANSFORMER: modules.TransformerConfig}
+  # Both families' sections are part of the schema; only the chosen one is used.
+  sections = {Family.RNN: "model.rnn", Family.TRANSFORMER: "model.transformer"}
+  for other in sections.values():
+    read(other)
+  section = sections[family]
+  fields = {f.name: f for f in dataclasses.fields(config_cls[family])}
+  settable = sorted(set(fields) - set(_DERIVED_MODEL_FIELDS))
+  kwargs = {}
+  for key, value in read(section).items():
+    path = f"{section}.{key}"
+    if key not in settable:
+      raise ConfigError(f"config.{path} is not a {family.value} model setting; valid: {settable}.")
+    default = fields[key].default
+    if isinstance(default, enum.Enum):
+      value = _choice(path, value, type(default))
+    elif isinstance(value, (list, tuple)):
+      value = tuple(value)
+    kwargs[key] = value
+  vocab_size = task.vocab_size
+  max_source_len = kwargs.get("max_source_len")
+  longest = max(task.max_input_len(split) for split in tasks.Split)
+  _require(
+    max_source_len is None or max_source_len >= longest,
+    f"config.{section}.max_source_len={max_source_len} is too small; task "
+    f"{task.name!r} has sources of up to {longest} tokens (OOD split included).",
+  )
+  kind = AttentionKind.SOFT if attention is Attention.MARGINAL else AttentionKind(attention.value)
+  try:
+    return config_cls[family](
+      vocab_size=vocab_size,
+      attention=kind,
+      score=score,
+      learned_baseline=learned,
+      bos_id=tasks.BOS,
+      eos_id=tasks.EOS,
+      **kwargs,
+    )
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.{section}: {e}") from e
+
+
+def _objective_config(read: _Reader, attention: Attention) -> objectives.ObjectiveConfig:
+  gradient = _choice("estimator.gradient", read("estimator.gradient"), Gradient)
+  baseline = _choice("estimator.baseline", read("estimator.baseline"), objectives.Baseline)
+  credit = _choice("estimator.reward", read("estimator.reward"), objectives.Credit)
+  mix_scope = _choice("estimator.mix_scope", read("estimator.mix_scope"), MixScope)
+  num_samples = _number("estimator.num_samples", read("estimator.num_samples"), int, low=1)
+  entropy_coef = _number("estimator.entropy_coef", read("estimator.entropy_coef"), float, low=0)
+  mix_probability = _number(
+    "estimator.mix_probability", read("estimator.mix_probability"), float, low=0, high=1
+  )
+  ema_decay = _number("estimator.ema_decay", read("estimator.ema_decay"), float, low=0, high=1)
+  _require(ema_decay < 1, f"config.estimator.ema_decay={ema_decay!r} is invalid; expected < 1.")
+  baseline_loss_coef = _number(
+    "estimator.baseline_loss_coef", read("estimator.baseline_loss_coef"), float, low=0
+  )
+
+  if attention is Attention.HARD:
+    objective = (
+      objectives.Objective.REINFORCE
+      if gradient is Gradient.REINFORCE
+      else objectives.Objective.HARD_ENUM
+    )
+  elif attention is Attention.MARGINAL:
+    objective = objectives.Objective.MARGINAL
+  else:
+    objective = objectives.Objective.SOFT
+
+  if objective is not objectives.Objective.REINFORCE:
+    # Settings that only a sampled (REINFORCE) gradient uses must keep their neutral value,
+    # so that a comparison never reports a method under settings it silently ignored.
+    neutral = {
+      "estimator.baseline": (baseline, objectives.Baseline.NONE),
+      "estimator.num_samples": (num_samples, 1),
+      "estimator.reward": (credit, objectives.Credit.PER_STEP),
+      "estimator.mix_probability": (mix_probability, 0.0),
+    }
+    for path, (value, expected) in neutral.items():
+      shown = value.value if isinstance(value, enum.Enum) else value
+      shown_expected = expected.value if isinstance(expected, enum.Enum) else expected
+      _require(
+        value == expected,
+        f"config.{path}={shown!r} only applies to model.attention='hard' with "
+        f"estimator.gradient='reinforce' (objective here: {objective.value!r}); "
+        f"expected {shown_expected!r}.",
+      )
+  _require(
+    baseline is not objectives.Baseline.RLOO or num_samples >= 2,
+    f"config.estimator.baseline='rloo' needs estimator.num_samples >= 2, got {num_samples}.",
+  )
+  return objectives.ObjectiveConfig(
+    objective=objective,
+    baseline=baseline,
+    num_samples=num_samples,
+    credit=credit,
+    entropy_coef=entropy_coef,
+    mix_probability=mix_probability,
+    mix_scope=mix_scope,
+    ema_decay=ema_decay,
+    baseline_loss_coef=baseline_loss_coef,
+  )
+
+
+def _optimizer_config(read: _Reader, steps: int) -> OptimizerConfig:
+  name = _choice("optimizer.name", read("optimizer.name"), OptimizerName)
+  weight_decay = _number("optimizer.weight_decay", read("optimizer.weight_decay"), float, low=0)
+  _require(
+    name is OptimizerName.ADAMW or weight_decay == 0,
+    f"config.optimizer.weight_decay={weight_decay!r} needs optimizer.name='adamw'.",
+  )
+  return OptimizerConfig(
+    name=name,
+    learning_rate=_number(
+      "optimizer.learning_rate", read("optimizer.learning_rate"), float, low=1e-12
+    ),
+    warmup_steps=_number(
+      "optimizer.warmup_steps", read("optimizer.warmup_steps"), int, low=0, high=steps
+    ),
+    final_lr_fraction=_number(
+      "optimizer.final_lr_fraction", read("optimizer.final_lr_fraction"), float, low=0, high=1
+    ),
+    weight_decay=weight_decay,
+    grad_clip_norm=_number(
+      "optimizer.grad_clip_norm", read("optimizer.grad_clip_norm"), float, low=0
+    ),
+  )
+
+
+def _train_config(read: _Reader) -> TrainConfig:
+  steps = _number("steps", read("steps"), int, low=1)
+  probe_steps = read("probe_steps")
+  if not isinstance(probe_steps, (list, tuple)):
+    raise ConfigError(f"config.probe_steps={probe_steps!r} is invalid; expected a tuple of ints.")
+  probe_steps = tuple(
+    sorted({_number("probe_steps", s, int, low=1, high=steps) for s in probe_steps})
+  )
+  return TrainConfig(
+    steps=steps,
+    batch_size=_number("batch_size", read("batch_size"), int, low=1),
+    eval_every=_number("eval_every", read("eval_every"), int, low=1),
+    eval_size=_number("eval_size", read("eval_size"), int, low=1),
+    eval_seed=_number("eval_seed", read("eval_seed"), int, low=0),
+    log_every=_number("log_every", read("log_every"), int, low=1),
+    checkpoint_every=_number("checkpoint_every", read("checkpoint_every"), int, low=1),
+    keep_checkpoints=_number("keep_checkpoints", read("keep_checkpoints"), int, low=1),
+    probe_steps=probe_steps,
+    probe_every=_number("probe_every", read("probe_every"), int, low=0),
+    probe_samples=_number("probe_samples", read("probe_samples"), int, low=2),
+    probe_batch_size=_number("probe_batch_size", read("probe_batch_size"), int, low=1),
+    probe_seed=_number("probe_seed", read("probe_seed"), int, low=0),
+    num_heatmaps=_number("num_heatmaps", read("num_heatmaps"), int, low=0),
+    nan_at_step=_number("debug.nan_at_step", read("debug.nan_at_step"), int, low=-1),
+  )
+
+
+def _task(read: _Reader):
+  name = read("task")
+  overrides = read("task_overrides")
+  overrides = dict(overrides.items()) if overrides is not None else {}
+  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  try:
+    return tasks.get_task(name, **overrides)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.task={name!r} / config.task_overrides={overrides!r}: {e}") from e
+
+
+def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
+  """Validates a run config and converts it to a :class:`RunConfig`.
+
+  Args:
+    config: a ConfigDict with the schema of ``configs/default.py``.
+
+  Returns:
+    The :class:`RunConfig`.
+
+  Raises:
+    ConfigError: a key is missing or unknown, a value is outside its choices or range, or a
+      setting does not apply to the chosen method; the message names key, value and choices.
+  """
+  read = _Reader(config)
+  seed = _number("seed", read("seed"), int, low=0)
+  task = _task(read)
+  train = _train_config(read)
+  attention = _choice("model.attention", read("model.attention"), Attention)
+  objective = _objective_config(read, attention)
+  learned = objective.baseline is objectives.Baseline.LEARNED
+  model = _model_config(read, attention, task, learned)
+  eval_choice = _choice("model.eval_mode", read("model.eval_mode"), EvalChoice)
+  optimizer = _optimizer_config(read, train.steps)
+
+  if objective.needs_enumeration:
+    feedback = getattr(model, "feedback", None)
+    _require(
+      isinstance(model, modules.RNNConfig) and feedback in (Feedback.NONE, Feedback.EXPECTED),
+      f"model.attention={attention.value!r} with an enumerated objective needs "
+      f"model.family='rnn' and model.rnn.feedback in ['none', 'expected'] (got family "
+      f"{type(model).__name__}, feedback {getattr(feedback, 'value', feedback)!r}).",
+    )
+  if objective.objective is objectives.Objective.REINFORCE:
+    # Per-step credit is exact only if z_t affects step t alone: RNN decoders that feed back
+    # nothing or the expected context. A sampled feedback, or a Transformer decoder
+    # attending to earlier steps' states, carries z_t into later steps.
+    local = isinstance(model, modules.RNNConfig) and model.feedback is not Feedback.SAMPLED
+    _require(
+      objective.credit is objectives.Credit.REWARD_TO_GO or local,
+      "config.estimator.reward='per_step' is biased when the sample at step t affects later "
+      "steps (model.rnn.feedback='sampled' or model.family='transformer'); use "
+      "estimator.reward='reward_to_go'.",
+    )
+  unread = read.unread()
+  _require(not unread, f"unknown config key(s) {unread} (see configs/default.py).")
+  return RunConfig(
+    seed=seed,
+    task=task,
+    attention=attention,
+    model=model,
+    eval_mode=_eval_mode(eval_choice, attention, model),
+    objective=objective,
+    optimizer=optimizer,
+    train=train,
+  )
+
+
+def _eval_mode(choice: EvalChoice, attention: Attention, model: Any) -> EvalMode:
+  """``auto``: a model whose training forward pass uses one position (hard, the marginal's
+  latent choice, straight-through Gumbel) decodes with the argmax position; the others with
+  the expected context of their own normaliser (softmax, sparsemax, entmax-1.5)."""
+  if choice is not EvalChoice.AUTO:
+    return EvalMode(choice.value)
+  if attention in (Attention.HARD, Attention.MARGINAL):
+    return EvalMode.ARGMAX
+  if attention is Attention.GUMBEL and getattr(model, "straight_through", False):
+    return EvalMode.ARGMAX
+  return EvalMode.SOFT

@@ -1,0 +1,492 @@
+"""Results of a comparison sweep: the run layout, ``results.csv`` and the markdown table.
+
+A sweep directory holds one run per (task, method, seed)::
+
+  DIR/grid.json                          what was asked for (tasks, methods, seeds, hardware)
+  DIR/<task>/<method>/seed_<n>/          one run: config.json, metrics.jsonl, summary.json
+  DIR/<task>/<method>/error.txt          traceback, when training that group failed
+  DIR/results.csv, DIR/table.md          written by :func:`rebuild`
+  DIR/plots/<task>.png                   learning curves, one line per method (mean and band)
+
+Everything here only reads run directories; nothing trains. The table leads with what separates
+methods on toy tasks (Deng et al. 2018 and our calibration runs: final in-distribution accuracy is
+often 100% for every method): steps and seconds to 90% / 99% validation accuracy with the fraction
+of seeds that got there, the spread over seeds, and gradient variance probed at fixed early steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import enum
+import json
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from attnlab import plots
+
+GRID_JSON = "grid.json"
+RESULTS_CSV = "results.csv"
+TABLE_MD = "table.md"
+ERROR_TXT = "error.txt"
+SUMMARY_JSON = "summary.json"
+METRICS_JSONL = "metrics.jsonl"
+PLOTS_DIR = "plots"
+_SEED_PREFIX = "seed_"
+_GRAD_VARIANCE_PREFIX = "grad/variance@"
+
+# Columns of results.csv that identify a run; metrics from summary.json follow.
+ID_COLUMNS = ("task", "method", "seed", "status", "error")
+# summary.json metrics in the order they lead results.csv (probe variances and any other keys
+# the trainer writes follow, so no metric is dropped).
+SUMMARY_KEYS = (
+  "steps_to_val_seq_acc_0.9",
+  "steps_to_val_seq_acc_0.99",
+  "seconds_to_val_seq_acc_0.9",
+  "seconds_to_val_seq_acc_0.99",
+  "test/seq_accuracy",
+  "test/token_accuracy",
+  "ood/seq_accuracy",
+  "val/alignment_accuracy",
+  "val/lenient_alignment_accuracy",
+  "val/attention_entropy",
+  "ms_per_step",
+  "train_seconds",
+)
+_IGNORED_SUMMARY_KEYS = ("completed", *ID_COLUMNS)
+
+
+class RunStatus(enum.Enum):
+  """State of one run directory."""
+
+  COMPLETED = "completed"  # summary.json with completed: true.
+  FAILED = "failed"  # its group raised; DIR/<task>/<method>/error.txt holds the traceback.
+  INCOMPLETE = "incomplete"  # started but not finished (interrupted); rerun to resume.
+  MISSING = "missing"  # never started.
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """What a sweep asked for, in display order, and where it ran.
+
+  Attributes:
+    tasks: task names, in table order.
+    methods: method names, in table order.
+    seeds: seeds of every (task, method).
+    hardware: one line describing the machine that trained (see :func:`hardware_description`).
+    eval_mode: how accuracies were measured (e.g. "greedy decoding, argmax attention").
+  """
+
+  tasks: tuple[str, ...]
+  methods: tuple[str, ...]
+  seeds: tuple[int, ...]
+  hardware: str = ""
+  eval_mode: str = "greedy decoding"
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+  @classmethod
+  def from_json(cls, text: str) -> Grid:
+    raw = json.loads(text)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+      raise ValueError(f"unknown keys {unknown} in {GRID_JSON}; valid keys: {sorted(fields)}.")
+    return cls(
+      tasks=tuple(raw["tasks"]),
+      methods=tuple(raw["methods"]),
+      seeds=tuple(int(s) for s in raw["seeds"]),
+      hardware=raw.get("hardware", ""),
+      eval_mode=raw.get("eval_mode", "greedy decoding"),
+    )
+
+
+def hardware_description() -> str:
+  """One line naming the machine JAX runs on: CPU, core count, backend, device, versions."""
+  import jax  # Deferred: reading results must not need a JAX backend.
+
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  return (
+    f"{cpu}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()} "
+    f"({device.device_kind}), Python {platform.python_version()}"
+  )
+
+
+def run_dir(workdir: str, task: str, method: str, seed: int) -> str:
+  """``DIR/<task>/<method>/seed_<n>``: where one run writes its outputs."""
+  return os.path.join(workdir, task, method, f"{_SEED_PREFIX}{int(seed)}")
+
+
+def group_dir(workdir: str, task: str, method: str) -> str:
+  """``DIR/<task>/<method>``: the seeds of one method on one task (and its ``error.txt``)."""
+  return os.path.join(workdir, task, method)
+
+
+def read_summary(path: str) -> dict | None:
+  """The run's ``summary.json`` as a dict, or ``None`` if absent or unreadable (mid-write)."""
+  try:
+    with open(os.path.join(path, SUMMARY_JSON)) as f:
+      summary = json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+  return summary if isinstance(summary, dict) else None
+
+
+def is_finished(path: str) -> bool:
+  """True iff ``path/summary.json`` exists and says ``completed: true``."""
+  summary = read_summary(path)
+  return summary is not None and summary.get("completed") is True
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The run's ``metrics.jsonl`` rows; a torn last line (run killed mid-write) is ignored."""
+  rows = []
+  try:
+    with open(os.path.join(path, METRICS_JSONL)) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return rows
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as err:
+      if i != len(lines) - 1:
+        raise ValueError(
+          f"{path}/{METRICS_JSONL}: line {i + 1} is not JSON: {line[:80]!r}"
+        ) from err
+  return rows
+
+
+def _error_line(workdir: str, task: str, method: str) -> str | None:
+  path = os.path.join(group_dir(workdir, task, method), ERROR_TXT)
+  try:
+    with open(path) as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except FileNotFoundError:
+    return None
+  # The last line of a traceback is the exception itself: the useful summary.
+  return lines[-1] if lines else "unknown error"
+
+
+def discover_grid(workdir: str) -> Grid:
+  """The sweep's ``grid.json`` if present, else the tasks/methods/seeds found on disk, sorted."""
+  path = os.path.join(workdir, GRID_JSON)
+  if os.path.exists(path):
+    with open(path) as f:
+      return Grid.from_json(f.read())
+  tasks, methods, seeds = set(), set(), set()
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no sweep directory {workdir!r}.")
+  for task in os.listdir(workdir):
+    task_path = os.path.join(workdir, task)
+    if task == PLOTS_DIR or task.startswith(".") or not os.path.isdir(task_path):
+      continue
+    for method in os.listdir(task_path):
+      method_path = os.path.join(task_path, method)
+      if not os.path.isdir(method_path):
+        continue
+      tasks.add(task)
+      methods.add(method)
+      for name in os.listdir(method_path):
+        if name.startswith(_SEED_PREFIX) and name[len(_SEED_PREFIX) :].isdigit():
+          seeds.add(int(name[len(_SEED_PREFIX) :]))
+  if not tasks:
+    raise FileNotFoundError(f"{workdir!r} holds no {GRID_JSON} and no <task>/<method>/ runs.")
+  return Grid(tuple(sorted(tasks)), tuple(sorted(methods)), tuple(sorted(seeds)))
+
+
+def collect_results(workdir: str, grid: Grid | None = None) -> list[dict]:
+  """One row per (task, method, seed) of the grid, in table order, read from the run directories.
+
+  Args:
+    workdir: the sweep directory.
+    grid: what to collect; default :func:`discover_grid`.
+
+  Returns:
+    Dicts with ``task``, ``method``, ``seed``, ``status`` (a :class:`RunStatus` value),
+    ``error`` (last traceback line for failed groups, else ``""``) and, for completed runs, every
+    metric of ``summary.json`` (the ``completed`` flag itself excepted).
+  """
+  grid = grid or discover_grid(workdir)
+  rows = []
+  for task in grid.tasks:
+    for method in grid.methods:
+      error = _error_line(workdir, task, method)
+      for seed in grid.seeds:
+        path = run_dir(workdir, task, method, seed)
+        row = {"task": task, "method": method, "seed": int(seed), "error": ""}
+        summary = read_summary(path)
+        if summary is not None and summary.get("completed") is True:
+          row["status"] = RunStatus.COMPLETED.value
+          # The id columns come from the grid (summary.json repeats task and seed).
+          row.update({k: v for k, v in summary.items() if k not in _IGNORED_SUMMARY_KEYS})
+        elif error is not None:
+          row["status"], row["error"] = RunStatus.FAILED.value, error
+        elif os.path.isdir(path):
+          row["status"] = RunStatus.INCOMPLETE.value
+        else:
+          row["status"] = RunStatus.MISSING.value
+        rows.append(row)
+  return rows
+
+
+def _probe_step(key: str) -> float:
+  try:
+    return float(key[len(_GRAD_VARIANCE_PREFIX) :])
+  except ValueError:
+    return math.inf
+
+
+def probe_keys(rows: Sequence[Mapping]) -> list[str]:
+  """The ``grad/variance@<step>`` keys present in any row, by increasing step."""
+  keys = {k for row in rows for k in row if k.startswith(_GRAD_VARIANCE_PREFIX)}
+  return sorted(keys, key=lambda k: (_probe_step(k), k))
+
+
+def metric_columns(rows: Sequence[Mapping]) -> list[str]:
+  """results.csv metric columns: :data:`SUMMARY_KEYS`, probe variances, then any other key."""
+  probes = probe_keys(rows)
+  known = set(ID_COLUMNS) | set(SUMMARY_KEYS) | set(probes)
+  extra = sorted({k for row in rows for k in row} - known)
+  return list(SUMMARY_KEYS) + probes + extra
+
+
+def _csv_value(value) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, (dict, list, tuple)):
+    return json.dumps(value)
+  return str(value)
+
+
+def write_results_csv(path: str, rows: Sequence[Mapping]) -> str:
+  """Writes one row per run: the id columns, then :func:`metric_columns` (empty = no value)."""
+  columns = list(ID_COLUMNS) + metric_columns(rows)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for row in rows:
+      writer.writerow([_csv_value(row.get(c)) for c in columns])
+  return path
+
+
+# ---- Aggregation over seeds -------------------------------------------------------------
+
+
+def _number(value) -> float | None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  return float(value) if math.isfinite(value) else None
+
+
+def _values(runs: Sequence[Mapping], key: str) -> np.ndarray:
+  vals = [_number(r.get(key)) for r in runs]
+  return np.asarray([v for v in vals if v is not None], dtype=np.float64)
+
+
+def _mean_std(runs: Sequence[Mapping], key: str, scale: float = 1.0, digits: int = 1) -> str:
+  """``mean ± std`` over seeds (sample std, ddof=1; plain mean for one seed)."""
+  vals = _values(runs, key) * scale
+  if vals.size == 0:
+    return "n/a"
+  if vals.size == 1:
+    return f"{vals[0]:.{digits}f}"
+  return f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}"
+
+
+def _mean(runs: Sequence[Mapping], key: str, scale: float = 1.0, digits: int = 1) -> str:
+  vals = _values(runs, key) * scale
+  return f"{vals.mean():.{digits}f}" if vals.size else "n/a"
+
+
+def _threshold(runs: Sequence[Mapping], key: str, seconds: bool = False) -> str:
+  """Mean over the seeds that reached the threshold, and how many did: ``140 (3/3)``."""
+  vals = _values(runs, key)
+  frac = f"({vals.size}/{len(runs)})"
+  if vals.size == 0:
+    return f"— {frac}"
+  mean = vals.mean()
+  if seconds:
+    text = f"{mean:.1f}" if mean < 100 else f"{mean:.0f}"
+  else:
+    text = f"{mean:.0f}"
+  return f"{text} {frac}"
+
+
+def _geo_mean(runs: Sequence[Mapping], key: str) -> str:
+  """Geometric mean over seeds: variances span decades, so average their logarithms."""
+  vals = _values(runs, key)
+  if vals.size == 0:
+    return "n/a"
+  if np.all(vals == 0):
+    return "0"  # A deterministic gradient (soft, marginal, enumerated): no estimator noise.
+  vals = vals[vals > 0]
+  return f"{math.exp(np.log(vals).mean()):.1e}"
+
+
+def _align(runs: Sequence[Mapping]) -> str:
+  strict = _mean(runs, "val/alignment_accuracy", 100.0)
+  lenient = _values(runs, "val/lenient_alignment_accuracy")
+  strict_vals = _values(runs, "val/alignment_accuracy")
+  # The lenient variant only differs where a source symbol repeats: show it when it does.
+  if lenient.size and (strict_vals.size != lenient.size or np.any(lenient != strict_vals)):
+    return f"{strict} / {_mean(runs, 'val/lenient_alignment_accuracy', 100.0)}"
+  return strict
+
+
+def table_columns(probes: Sequence[str]) -> list[str]:
+  """Header of table.md for the given probe keys."""
+  probe_names = []
+  for p in probes:
+    step = _probe_step(p)
+    probe_names.append(f"grad var @{step:g}" if math.isfinite(step) else p)
+  return [
+    "task",
+    "method",
+    "seeds ok",
+    "steps→90%",
+    "steps→99%",
+    "s→90%",
+    "s→99%",
+    "test seq acc %",
+    "test token acc %",
+    "OOD seq acc %",
+    "align acc %",
+    "attn entropy",
+    *probe_names,
+    "ms/step",
+  ]
+
+
+def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
+  """Markdown table, one row per (task, method) in grid order, statistics over completed seeds.
+
+  Args:
+    rows: :func:`collect_results` rows.
+    grid: gives the row order and the header's hardware and eval-mode lines.
+
+  Returns:
+    The markdown text of ``table.md``: a header (what the numbers mean, eval mode, hardware),
+    the table, and a list of failed or unfinished groups.
+  """
+  probes = probe_keys(rows)
+  columns = table_columns(probes)
+  lines = [
+    "# Soft vs hard attention: comparison",
+    "",
+    f"- Evaluation: {grid.eval_mode}; accuracies in % on the fixed test / OOD (longer inputs)"
+    " sets; alignment accuracy (argmax attention on the gold source position) on validation,"
+    " EOS and undefined steps excluded; where a symbol repeats in the source (e.g. sort) the"
+    " lenient variant, which accepts any position holding the same symbol, follows the '/'.",
+    "- `mean ± std` over completed seeds (sample std). `steps→90%` / `s→99%`: steps / seconds"
+    " to reach that validation exact-sequence accuracy, averaged over the seeds that did,"
+    " with (seeds that did / completed seeds).",
+    "- `grad var @k`: gradient variance of the estimator at step k on a fixed probe batch"
+    " (geometric mean over seeds); `ms/step`: training wall time per step of the vmapped"
+    " seeds (all seeds of a row train together).",
+    f"- Hardware: {grid.hardware or 'not recorded'}.",
+    f"- Grid: {len(grid.tasks)} tasks × {len(grid.methods)} methods × {len(grid.seeds)} seeds"
+    f" (seeds {', '.join(str(s) for s in grid.seeds)}).",
+    "",
+    "| " + " | ".join(columns) + " |",
+    "|" + "|".join("---" if i < 2 else "--:" for i in range(len(columns))) + "|",
+  ]
+  problems = []
+  by_group: dict[tuple[str, str], list[Mapping]] = {}
+  for row in rows:
+    by_group.setdefault((row["task"], row["method"]), []).append(row)
+  for task in grid.tasks:
+    for method in grid.methods:
+      group = by_group.get((task, method), [])
+      done = [r for r in group if r["status"] == RunStatus.COMPLETED.value]
+      seeds_ok = f"{len(done)}/{len(group)}"
+      not_done = [r for r in group if r["status"] != RunStatus.COMPLETED.value]
+      if not_done:
+        status = sorted({r["status"] for r in not_done})
+        error = next((r["error"] for r in not_done if r["error"]), "")
+        problems.append(
+          f"- {task}/{method}: {len(not_done)} run(s) {', '.join(status)}"
+          + (f" — `{error}` (see `{task}/{method}/{ERROR_TXT}`)" if error else "")
+        )
+        if not done:
+          seeds_ok += " " + "/".join(status)
+      if not done:
+        cells = [task, method, seeds_ok] + [""] * (len(columns) - 3)
+      else:
+        cells = [
+          task,
+          method,
+          seeds_ok,
+          _threshold(done, "steps_to_val_seq_acc_0.9"),
+          _threshold(done, "steps_to_val_seq_acc_0.99"),
+          _threshold(done, "seconds_to_val_seq_acc_0.9", seconds=True),
+          _threshold(done, "seconds_to_val_seq_acc_0.99", seconds=True),
+          _mean_std(done, "test/seq_accuracy", 100.0),
+          _mean(done, "test/token_accuracy", 100.0),
+          _mean_std(done, "ood/seq_accuracy", 100.0),
+          _align(done),
+          _mean(done, "val/attention_entropy", digits=2),
+          *[_geo_mean(done, p) for p in probes],
+          _mean(done, "ms_per_step"),
+        ]
+      lines.append("| " + " | ".join(cells) + " |")
+  if problems:
+    lines += ["", "## Failed or unfinished runs", "", *problems]
+  return "\n".join(lines) + "\n"
+
+
+def write_comparison_plots(workdir: str, grid: Grid) -> list[str]:
+  """``DIR/plots/<task>.png``: validation accuracy, loss and gradient variance per method."""
+  paths = []
+  for task in grid.tasks:
+    runs_by_method = {}
+    for method in grid.methods:
+      runs = [read_metrics(run_dir(workdir, task, method, s)) for s in grid.seeds]
+      runs_by_method[method] = [r for r in runs if r]
+    if not any(runs_by_method.values()):
+      continue
+    path = os.path.join(workdir, PLOTS_DIR, f"{task}.png")
+    paths.append(plots.plot_comparison_curves(path, runs_by_method, title=task))
+  return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Rebuilt:
+  """Files written by :func:`rebuild`."""
+
+  results_csv: str
+  table_md: str
+  plots: tuple[str, ...]
+  rows: tuple[dict, ...]
+
+
+def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) -> Rebuilt:
+  """Re-reads every run of the sweep and rewrites ``results.csv``, ``table.md`` and the plots.
+
+  Args:
+    workdir: the sweep directory.
+    grid: what to report; default the sweep's ``grid.json`` (or what is on disk).
+    with_plots: also write ``DIR/plots/<task>.png``.
+
+  Returns:
+    :class:`Rebuilt` with the paths and the rows.
+  """
+  grid = grid or discover_grid(workdir)
+  rows = collect_results(workdir, grid)
+  csv_path = write_results_csv(os.path.join(workdir, RESULTS_CSV), rows)
+  md_path = os.path.join(workdir, TABLE_MD)
+  text = format_table(rows, grid)
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  with open(md_path, "w") as f:
+    f.write(text + f"\n_Built {stamp} from {len(rows)} run directories._\n")
+  plot_paths = tuple(write_comparison_plots(workdir, grid)) if with_plots else ()
+  return Rebuilt(csv_path, md_path, plot_paths, tuple(rows))

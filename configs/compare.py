@@ -1,0 +1,194 @@
+r"""Soft vs hard attention comparison: tasks × methods × seeds.
+
+Run (resumable: rerun the same command to finish an interrupted sweep)::
+
+  python -m experiments.compare --config=configs/compare.py --workdir=runs/compare
+  python -m experiments.compare --config=configs/compare.py:smoke --workdir=/tmp/smoke
+  python -m experiments.compare --config=configs/compare.py:full --workdir=runs/full
+  # A subset of methods, in this order:
+  python -m experiments.compare \
+    --config=configs/compare.py:default:soft_additive,reinforce_rloo4 --workdir=runs/two
+  # Any key can be overridden on the command line:
+  python -m experiments.compare --config=configs/compare.py --config.seeds="(0,1,2,3,4)" \
+    --config.base.steps=600 --workdir=runs/longer
+  # Rebuild results.csv, table.md and the plots without training:
+  python -m experiments.table --workdir=runs/compare
+
+Presets (``arg`` = ``preset[:method,method,...]``):
+  default  5 tasks × 9 methods × 3 seeds; ≤ 15 min on a 2-core CPU.
+  smoke    2 tasks × 2 methods × 2 seeds, a few steps each: checks the plumbing in seconds.
+  full     every method (sparse normalisers, learned baseline, reward-to-go, ...) × 5 seeds,
+           longer training; hours on a CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import default as default_config
+
+# Every method the comparison knows: name -> overrides of the base run config (dotted keys;
+# see configs/default.py for what each key means). Hard-attention methods keep the base
+# config's score function (additive), so they differ from `soft_additive` only in how the
+# attention is trained.
+METHODS = {
+  # Soft attention, Bahdanau (additive) scores: the usual baseline.
+  "soft_additive": {"model.attention": "soft", "model.score": "additive"},
+  # Soft attention, scaled dot-product scores.
+  "soft_scaled_dot": {"model.attention": "soft", "model.score": "scaled_dot"},
+  # Exact marginal likelihood log E_z[p(y|z)] by enumerating all source positions.
+  "marginal": {"model.attention": "marginal"},
+  # Hard attention, Jensen bound E_z[log p(y|z)] with its exact (enumerated) gradient.
+  "hard_enum": {"model.attention": "hard", "estimator.gradient": "enumerate"},
+  # Hard attention, REINFORCE with one sample and no baseline.
+  "reinforce_none": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "none",
+  },
+  # REINFORCE with a per-token exponential moving-average baseline.
+  "reinforce_ema": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "ema",
+  },
+  # REINFORCE with the soft-attention output as baseline (Deng et al. 2018).
+  "reinforce_soft": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "soft",
+  },
+  # REINFORCE with K = 4 samples and the leave-one-out baseline (Kool et al. 2019).
+  "reinforce_rloo4": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "rloo",
+    "estimator.num_samples": 4,
+  },
+  # Straight-through Gumbel-softmax: one-hot forward, relaxed backward (biased).
+  "gumbel_st": {"model.attention": "gumbel", "model.rnn.straight_through": True},
+  # --- full preset only ---
+  # Sparse normalisers: exact zeros, expected context.
+  "sparsemax": {"model.attention": "sparsemax"},
+  "entmax15": {"model.attention": "entmax15"},
+  # REINFORCE with a learned (value-head) baseline (Mnih et al. 2014).
+  "reinforce_learned": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "learned",
+  },
+  # REINFORCE, soft baseline, reward-to-go credit instead of per-step rewards.
+  "reinforce_soft_rtg": {
+    "model.attention": "hard",
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "soft",
+    "estimator.reward": "reward_to_go",
+  },
+  # Relaxed (not straight-through) Gumbel-softmax.
+  "gumbel": {"model.attention": "gumbel", "model.rnn.straight_through": False},
+}
+
+TASKS = ("copy", "reverse", "sort", "recall", "addition")
+DEFAULT_METHODS = (
+  "soft_additive",
+  "soft_scaled_dot",
+  "marginal",
+  "hard_enum",
+  "reinforce_none",
+  "reinforce_ema",
+  "reinforce_soft",
+  "reinforce_rloo4",
+  "gumbel_st",
+)
+
+# Per preset: base run-config preset, then overrides of it (dotted keys), the grid.
+PRESETS = {
+  "default": {
+    "base_preset": None,
+    # Sized for a 2-core CPU: 45 groups, each 3 vmapped seeds, compile included. A small
+    # GRU still solves copy/reverse in a few hundred steps (values are position-local).
+    "base": {
+      "model.rnn.embed_dim": 16,
+      "model.rnn.encoder_dim": 16,
+      "model.rnn.hidden_dim": 32,
+      "model.rnn.additive_dim": 16,
+      "steps": 300,
+      "eval_every": 25,
+      "probe_steps": (1, 50, 200),
+    },
+    "tasks": TASKS,
+    "methods": DEFAULT_METHODS,
+    "seeds": (0, 1, 2),
+  },
+  "smoke": {
+    "base_preset": "smoke",
+    "base": {},
+    "tasks": ("copy", "reverse"),
+    "methods": ("soft_additive", "reinforce_ema"),
+    "seeds": (0, 1),
+  },
+  "full": {
+    "base_preset": None,
+    "base": {
+      "steps": 2000,
+      "eval_every": 50,
+      "probe_steps": (1, 50, 200, 1000),
+    },
+    "tasks": TASKS,
+    "methods": tuple(METHODS),
+    "seeds": (0, 1, 2, 3, 4),
+  },
+}
+
+
+def _nested(overrides: dict) -> dict:
+  """Dotted keys -> nested dicts: ConfigDict field names cannot contain dots."""
+  nested: dict = {}
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = nested
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return nested
+
+
+def _parse_arg(arg: str | None) -> tuple[str, tuple[str, ...] | None]:
+  preset, _, methods = (arg or "default").partition(":")
+  if preset not in PRESETS:
+    raise ValueError(f"unknown compare preset {preset!r}; valid presets: {sorted(PRESETS)}.")
+  if not methods:
+    return preset, None
+  names = tuple(m.strip() for m in methods.split(",") if m.strip())
+  unknown = [m for m in names if m not in METHODS]
+  if unknown:
+    raise ValueError(f"unknown method(s) {unknown}; valid methods: {list(METHODS)}.")
+  return preset, names
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The comparison config for ``arg`` = ``preset[:method,method,...]`` (default ``default``)."""
+  preset_name, selected = _parse_arg(arg)
+  preset = PRESETS[preset_name]
+  config = ml_collections.ConfigDict()
+  # The run config every (task, method) starts from: configs/default.py (or its preset),
+  # with this preset's overrides. `task` is set per task; the seed per run.
+  base = default_config.get_config(preset["base_preset"])
+  for dotted, value in preset["base"].items():
+    node = base
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  config.base = base
+  # Task names (attnlab.tasks.TASKS), in table order.
+  config.tasks = tuple(preset["tasks"])
+  # Per-task overrides of the run config (dotted keys nested), e.g. more steps for one task.
+  config.task_overrides = ml_collections.ConfigDict()
+  # Every known method: name -> overrides of the run config (nested dicts of dotted keys).
+  config.methods = ml_collections.ConfigDict({k: _nested(v) for k, v in METHODS.items()})
+  # Which of `methods` run, in table order (unknown names fail at start-up).
+  config.method_names = tuple(selected or preset["methods"])
+  # Seeds of every (task, method); all seeds of a group train together, vmapped.
+  config.seeds = tuple(preset["seeds"])
+  return config

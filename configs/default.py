@@ -1,0 +1,141 @@
+r"""One training run: task, model, attention method, estimator, optimiser, loop.
+
+Every attention method shares this schema; a method is a few overrides (see
+``configs/compare.py``). Keys are read by :func:`attnlab.config.parse_config`, which rejects
+missing, unknown and inapplicable keys at start-up with a message naming key, value and choices.
+
+Run (presets: ``default``, ``smoke``, ``transformer``)::
+
+  python -m experiments.train --config=configs/default.py --workdir=/tmp/attnlab/copy_soft
+  python -m experiments.train --config=configs/default.py:smoke --workdir=/tmp/attnlab/smoke
+  python -m experiments.train --config=configs/default.py --workdir=/tmp/attnlab/copy_rloo \
+    --config.model.attention=hard --config.estimator.baseline=rloo \
+    --config.estimator.num_samples=4
+
+Re-running a command on the same workdir resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the run config of preset ``arg`` (None or "default", "smoke", "transformer")."""
+  preset = arg or "default"
+  presets = ("default", "smoke", "transformer")
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r} of configs/default.py; valid: {list(presets)}.")
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seed of params, attention samples and the training data stream.
+
+  config.task = "copy"  # copy | reverse | sort | recall | addition (attnlab.tasks.TASKS).
+  config.task_overrides = ml_collections.ConfigDict()  # Task fields, e.g. lengths=(1, 8).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.family = "rnn"  # rnn | transformer: which of the two sections below is used.
+  # soft | hard | gumbel | sparsemax | entmax15 | marginal (the exact marginal likelihood).
+  config.model.attention = "soft"
+  config.model.score = "additive"  # dot | scaled_dot | general | additive.
+  # Greedy-decoding attention at evaluation: auto (argmax for hard, marginal and
+  # straight-through Gumbel; the expected context otherwise) | soft | argmax | sample.
+  config.model.eval_mode = "auto"
+
+  config.model.rnn = ml_collections.ConfigDict()  # attnlab.modules.RNNConfig fields.
+  config.model.rnn.embed_dim = 64  # Token and position embedding size (local keys/values).
+  config.model.rnn.encoder_dim = 64  # Hidden size of each direction of the BiGRU encoder.
+  config.model.rnn.hidden_dim = 128  # Decoder hidden size.
+  config.model.rnn.cell = "gru"  # gru | lstm.
+  config.model.rnn.additive_dim = 64  # Hidden size of the additive score.
+  # What the next decoder input receives: none | expected (soft context; keeps an exact
+  # enumerated gradient) | sampled (the context actually used).
+  config.model.rnn.feedback = "expected"
+  config.model.rnn.key_source = "birnn"  # birnn | local: what attention keys come from.
+  # local | contextual. Contextual values let a model solve sort while attending to the
+  # wrong position: alignment metrics then mean nothing.
+  config.model.rnn.value_source = "local"
+  config.model.rnn.gumbel_temperature = 1.0  # Gumbel-softmax temperature (attention=gumbel).
+  config.model.rnn.straight_through = True  # One-hot forward, relaxed backward (gumbel).
+  config.model.rnn.init_decoder_from_source = False  # True lets the decoder bypass attention.
+  config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
+
+  config.model.transformer = ml_collections.ConfigDict()  # attnlab.modules.TransformerConfig.
+  config.model.transformer.model_dim = 64  # Residual stream width.
+  config.model.transformer.num_heads = 4  # Heads per attention layer.
+  config.model.transformer.mlp_dim = 128  # Feed-forward hidden size.
+  config.model.transformer.num_encoder_layers = 2  # Encoder depth.
+  config.model.transformer.num_decoder_layers = 2  # Decoder depth.
+  config.model.transformer.additive_dim = 32  # Hidden size of the additive score.
+  config.model.transformer.gumbel_temperature = 1.0  # Gumbel-softmax temperature.
+  config.model.transformer.straight_through = True  # Straight-through Gumbel-softmax.
+
+  # Hard attention's gradient. Settings other than `gradient` apply to REINFORCE only and
+  # must keep their neutral values (none, 1, per_step, 0) for every other method.
+  config.estimator = ml_collections.ConfigDict()
+  config.estimator.gradient = "reinforce"  # reinforce | enumerate (the exact gradient).
+  config.estimator.baseline = "none"  # none | ema | learned | rloo | soft.
+  config.estimator.num_samples = 1  # K alignments sampled per example (rloo needs K >= 2).
+  # per_step: log p(y_t | z_t), exact credit when z_t only affects step t (feedback none or
+  # expected) | reward_to_go: sum of the future log-likelihoods, unbiased in general.
+  config.estimator.reward = "per_step"
+  config.estimator.entropy_coef = 0.0  # Attention-entropy bonus (Xu et al. 2015: 0.002).
+  config.estimator.mix_probability = 0.0  # Use the expected context instead (Xu: 0.5).
+  config.estimator.mix_scope = "per_example"  # per_example | per_batch: where mixing is drawn.
+  config.estimator.ema_decay = 0.9  # EMA baseline decay (Xu et al. 2015: 0.9).
+  config.estimator.baseline_loss_coef = 1.0  # Weight of the learned baseline's squared error.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"  # adam | adamw.
+  config.optimizer.learning_rate = 3e-3  # Peak learning rate.
+  config.optimizer.warmup_steps = 20  # Linear warm-up steps.
+  config.optimizer.final_lr_fraction = 0.1  # Cosine decays to this fraction of the peak.
+  config.optimizer.weight_decay = 0.0  # Decoupled weight decay (adamw only).
+  config.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+
+  config.steps = 400  # Number of updates.
+  config.batch_size = 64  # Examples per update (per seed).
+  config.eval_every = 100  # Evaluate val/test/ood (greedy decoding) every this many steps.
+  config.eval_size = 256  # Examples in each fixed evaluation set.
+  config.eval_seed = 0  # Seed of the evaluation sets (the same for every run).
+  config.log_every = 50  # Progress line (steps/s, ETA) and NaN check every this many steps.
+  config.checkpoint_every = 200  # Orbax checkpoint every this many steps, and at the end.
+  config.keep_checkpoints = 2  # Checkpoints kept on disk.
+  # Gradient-estimator probes (variance, and cosine/bias against the enumerated gradient
+  # where it exists) at these steps, on one fixed batch shared by every method.
+  config.probe_steps = (1, 50, 200)
+  config.probe_every = 0  # Also probe every this many steps (0: only at probe_steps).
+  config.probe_samples = 32  # Independent gradient estimates per probe.
+  config.probe_batch_size = 32  # Examples in the probe batch.
+  config.probe_seed = 0  # Seed of the probe batch (the same for every run).
+  config.num_heatmaps = 4  # Validation examples drawn in heatmaps.png.
+
+  config.debug = ml_collections.ConfigDict()
+  config.debug.nan_at_step = -1  # Tests the NaN guard: poison update N's loss (-1: never).
+
+  if preset == "smoke":  # Seconds-long end-to-end run: tiny model, few steps.
+    config.model.rnn.embed_dim = 16
+    config.model.rnn.encoder_dim = 16
+    config.model.rnn.hidden_dim = 32
+    config.model.rnn.additive_dim = 16
+    config.model.transformer.model_dim = 16
+    config.model.transformer.num_heads = 2
+    config.model.transformer.mlp_dim = 32
+    config.model.transformer.num_encoder_layers = 1
+    config.model.transformer.num_decoder_layers = 1
+    config.model.transformer.additive_dim = 16
+    config.steps = 8
+    config.batch_size = 8
+    config.eval_every = 4
+    config.eval_size = 16
+    config.log_every = 2
+    config.checkpoint_every = 4
+    config.probe_steps = (1,)
+    config.probe_samples = 4
+    config.probe_batch_size = 4
+    config.num_heatmaps = 2
+    config.optimizer.warmup_steps = 2
+  elif preset == "transformer":  # The Transformer family (soft self-, chosen cross-attention).
+    config.model.family = "transformer"
+    config.model.score = "scaled_dot"
+  return config

@@ -1,0 +1,72 @@
+r"""Runs the soft-vs-hard comparison sweep (resumable) and writes results.csv and table.md.
+
+  python -m experiments.compare --config=configs/compare.py[:preset] --workdir=DIR
+  # How much vmapping seeds together saves, on one (task, method):
+  python -m experiments.compare --config=configs/compare.py --workdir=/tmp/speedup \
+    --measure_speedup --speedup_task=copy --speedup_method=soft_additive
+
+Flags only: everything else is in the config (see configs/compare.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from attnlab import compare
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Comparison config file (configs/compare.py[:preset]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (created; reruns resume).")
+_MEASURE_SPEEDUP = flags.DEFINE_bool(
+  "measure_speedup",
+  False,
+  "Instead of the sweep, time one group with seeds vmapped vs one seed at a time.",
+)
+_JAX_CACHE_DIR = flags.DEFINE_string(
+  "jax_cache_dir",
+  None,
+  "Persistent XLA compilation cache (default DIR/.jax_cache; '' disables). Groups that share"
+  " shapes (copy, reverse, sort) and reruns then skip most compilation.",
+)
+_SPEEDUP_TASK = flags.DEFINE_string("speedup_task", "copy", "Task for --measure_speedup.")
+_SPEEDUP_METHOD = flags.DEFINE_string(
+  "speedup_method", "soft_additive", "Method for --measure_speedup."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = _WORKDIR.value
+  # The sweep reports one line per group; the trainer's and orbax's INFO lines would bury it.
+  logging.set_verbosity(logging.WARNING)
+  cache_dir = _JAX_CACHE_DIR.value
+  if cache_dir is None:
+    cache_dir = os.path.join(workdir, ".jax_cache")
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    # Cache every program: a sweep compiles hundreds of small ones, each under a second.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if _MEASURE_SPEEDUP.value:
+    result = compare.measure_seed_speedup(
+        _CONFIG.value, workdir, task=_SPEEDUP_TASK.value, method=_SPEEDUP_METHOD.value,
+        log=print,
+    )  # fmt: skip
+    with open(os.path.join(workdir, "speedup.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    return
+  report = compare.run_comparison(_CONFIG.value, workdir, log=print)
+  if report.failed:
+    logging.warning("%d group(s) failed; see error.txt in their directories.", len(report.failed))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,254 @@
+"""Tests for attnlab.compare and configs/compare.py: grid, resume, failure isolation, checks."""
+
+import csv
+import json
+import os
+import re
+
+import pytest
+
+from attnlab import compare, table
+from configs import compare as compare_config
+
+_PROGRESS = re.compile(
+  r"^\[(\d+)/(\d+)\] (\w+)/(\w+) seeds=([\d,]+(?: of [\d,]+)?) \(.+ s\) ETA .+ s"
+)
+
+
+class FakeTrain:
+  """Stands in for attnlab.train.train_seeds: writes what the trainer writes, records calls."""
+
+  def __init__(self, fail_on=()):
+    self.calls = []
+    self.fail_on = set(fail_on)
+
+  def __call__(self, config, seeds, workdirs):
+    self.calls.append((config.task, config.model.attention, tuple(seeds)))
+    if config.task in self.fail_on:
+      raise RuntimeError(f"injected failure on {config.task}")
+    for seed, workdir in zip(seeds, workdirs, strict=True):
+      os.makedirs(workdir, exist_ok=True)
+      rows = [{"step": s, "val/seq_accuracy": min(1.0, s / (100 + seed))} for s in (50, 100, 150)]
+      with open(os.path.join(workdir, table.METRICS_JSONL), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+      summary = {
+        "completed": True,
+        "test/seq_accuracy": 0.9 + 0.01 * seed,
+        "steps_to_val_seq_acc_0.9": 100,
+        "grad/variance@1": 1e-6,
+        "ms_per_step": 5.0,
+      }
+      with open(os.path.join(workdir, table.SUMMARY_JSON), "w") as f:
+        json.dump(summary, f)
+    return [{}] * len(seeds)
+
+
+def _smoke():
+  config = compare_config.get_config("smoke")
+  assert config.tasks == ("copy", "reverse")
+  assert config.method_names == ("soft_additive", "reinforce_ema")
+  assert config.seeds == (0, 1)
+  return config
+
+
+def _run(config, workdir, train_fn, **kw):
+  lines = []
+  report = compare.run_comparison(config, str(workdir), train_fn=train_fn, log=lines.append, **kw)
+  return report, lines
+
+
+def _csv_rows(workdir):
+  with open(os.path.join(workdir, table.RESULTS_CSV)) as f:
+    return list(csv.DictReader(f))
+
+
+def test_smoke_grid_writes_results_table_and_plots(tmp_path):
+  fake = FakeTrain()
+  report, lines = _run(_smoke(), tmp_path, fake)
+  # Seeds of a group are trained together, in one call.
+  assert fake.calls == [
+    ("copy", "soft", (0, 1)),
+    ("copy", "hard", (0, 1)),
+    ("reverse", "soft", (0, 1)),
+    ("reverse", "hard", (0, 1)),
+  ]
+  rows = _csv_rows(tmp_path)
+  assert [(r["task"], r["method"], r["seed"], r["status"]) for r in rows] == [
+    (t, m, str(s), "completed")
+    for t in ("copy", "reverse")
+    for m in ("soft_additive", "reinforce_ema")
+    for s in (0, 1)
+  ]
+  assert rows[1]["test/seq_accuracy"] == "0.91"
+  with open(report.table_md) as f:
+    md = f.read()
+  table_rows = [line.split("|")[1:3] for line in md.splitlines() if line.startswith("| copy")]
+  table_rows += [line.split("|")[1:3] for line in md.splitlines() if line.startswith("| reverse")]
+  assert [(t.strip(), m.strip()) for t, m in table_rows] == [
+    ("copy", "soft_additive"),
+    ("copy", "reinforce_ema"),
+    ("reverse", "soft_additive"),
+    ("reverse", "reinforce_ema"),
+  ]
+  assert "| 100 (2/2) |" in md  # steps→90%: every seed at step 100.
+  # One progress line per group, counting runs, then the final report line.
+  progress = [_PROGRESS.match(line) for line in lines[:-1]]
+  assert all(progress), lines
+  assert [(m[1], m[2], m[3], m[4]) for m in progress] == [
+    ("2", "8", "copy", "soft_additive"),
+    ("4", "8", "copy", "reinforce_ema"),
+    ("6", "8", "reverse", "soft_additive"),
+    ("8", "8", "reverse", "reinforce_ema"),
+  ]
+  assert lines[-1].startswith("runs: 8 trained, 0 skipped (already finished), 0 failed")
+  assert sorted(os.path.basename(p) for p in report.plots) == ["copy.png", "reverse.png"]
+  with open(tmp_path / table.GRID_JSON) as f:
+    grid = table.Grid.from_json(f.read())
+  assert grid.methods == ("soft_additive", "reinforce_ema") and "CPU" in grid.hardware
+
+
+def test_rerun_skips_finished_runs_and_resumes_unfinished_seeds(tmp_path):
+  config = _smoke()
+  _run(config, tmp_path, FakeTrain(), with_plots=False)
+  nothing = FakeTrain(fail_on={"copy", "reverse"})  # would fail if anything were trained.
+  report, lines = _run(config, tmp_path, nothing, with_plots=False)
+  assert nothing.calls == []
+  assert {g.status for g in report.groups} == {"skipped"}
+  assert lines[0] == f"[8/8] skipping 8 finished run(s) already in {tmp_path}"
+  assert lines[-1].startswith("runs: 0 trained, 8 skipped")
+  # An interrupted seed (no completed summary) is the only one retrained.
+  os.remove(
+    os.path.join(table.run_dir(str(tmp_path), "reverse", "soft_additive", 1), "summary.json")
+  )
+  fake = FakeTrain()
+  report, lines = _run(config, tmp_path, fake, with_plots=False)
+  assert fake.calls == [("reverse", "soft", (1,))]
+  assert _PROGRESS.match(lines[1])[5] == "1 of 0,1"
+  assert lines[1].startswith("[8/8] reverse/soft_additive")
+  assert all(r["status"] == "completed" for r in _csv_rows(tmp_path))
+
+
+def test_failing_group_is_reported_and_the_rest_still_runs(tmp_path):
+  config = _smoke()
+  fake = FakeTrain(fail_on={"copy"})
+  report, lines = _run(config, tmp_path, fake, with_plots=False)
+  assert len(fake.calls) == 4  # the reverse groups ran after both copy groups failed.
+  assert [(g.task, g.method) for g in report.failed] == [
+    ("copy", "soft_additive"),
+    ("copy", "reinforce_ema"),
+  ]
+  assert "FAILED: RuntimeError: injected failure on copy" in lines[0]
+  assert "failed: copy/soft_additive: RuntimeError: injected failure on copy" in lines[-1]
+  assert "4 trained, 0 skipped (already finished), 4 failed" in lines[-1]
+  error_path = os.path.join(table.group_dir(str(tmp_path), "copy", "soft_additive"), "error.txt")
+  with open(error_path) as f:
+    assert "Traceback" in f.read()
+  statuses = [(r["task"], r["status"], r["error"]) for r in _csv_rows(tmp_path)]
+  assert statuses[:4] == [("copy", "failed", "RuntimeError: injected failure on copy")] * 4
+  assert [s for _, s, _ in statuses[4:]] == ["completed"] * 4
+  with open(report.table_md) as f:
+    assert "| copy | soft_additive | 0/2 failed |" in f.read()
+  # A later successful attempt clears the stale error.
+  _run(config, tmp_path, FakeTrain(), with_plots=False)
+  assert not os.path.exists(error_path)
+  assert all(r["status"] == "completed" for r in _csv_rows(tmp_path))
+
+
+def test_train_fn_that_finishes_no_run_is_a_failure(tmp_path):
+  config = _smoke()
+  config.tasks = ("copy",)
+  config.method_names = ("soft_additive",)
+  report, _ = _run(config, tmp_path, lambda cfg, seeds, dirs: None, with_plots=False)
+  (group,) = report.failed
+  assert "seed(s) [0, 1] have no summary.json" in group.error
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("method_names", ("soft_additive", "sotf"), r"unknown name\(s\) \['sotf'\] in config"),
+    ("tasks", ("copy", "rev"), r"valid: \['addition', 'copy', 'recall', 'reverse', 'sort'\]"),
+    ("seeds", (0, 0), "repeats a seed"),
+    ("seeds", (), "non-empty"),
+    ("method_names", ("soft_additive", "soft_additive"), "more than once"),
+  ],
+)
+def test_bad_grid_fails_before_training(tmp_path, field, value, message):
+  config = _smoke()
+  config[field] = value
+  fake = FakeTrain()
+  with pytest.raises(ValueError, match=message):
+    _run(config, tmp_path, fake)
+  assert fake.calls == [] and not os.path.exists(tmp_path / table.RESULTS_CSV)
+
+
+def test_bad_overrides_fail_before_training_naming_them(tmp_path):
+  config = _smoke()
+  config.methods.reinforce_ema.estimator.baseline = "emma"  # invalid value.
+  with pytest.raises(ValueError, match=r"copy/reinforce_ema: .*'emma'.*valid choices"):
+    compare.plan(config, str(tmp_path))
+  config = _smoke()
+  with pytest.raises(ValueError, match=r"method 'x': unknown config key 'model.atention'; valid"):
+    compare.apply_overrides(config.base, {"model": {"atention": "hard"}}, where="method 'x'")
+  with pytest.raises(ValueError, match=r"bad value 'many' for 'estimator.num_samples'"):
+    compare.apply_overrides(config.base, {"estimator": {"num_samples": "many"}}, where="m")
+  with pytest.raises(ValueError, match=r"unknown compare preset 'huge'; valid presets"):
+    compare_config.get_config("huge")
+  with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; valid methods"):
+    compare_config.get_config("default:soft_additive,nope")
+
+
+def test_run_config_layers_task_and_method_overrides():
+  config = compare_config.get_config("default")
+  run = compare.run_config(config, "sort", "reinforce_rloo4")
+  assert (run.task, run.model.attention, run.estimator.baseline) == ("sort", "hard", "rloo")
+  assert run.estimator.num_samples == 4 and run.model.score == config.base.model.score
+  assert config.base.model.attention == "soft"  # the base is not modified.
+  assert compare.nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+  assert dict(compare.flatten({"a": {"b": 1, "c": {}}, "d": 3})) == {"a.b": 1, "a.c": {}, "d": 3}
+
+
+@pytest.mark.parametrize("arg", [None, "smoke", "full", "default:marginal,gumbel_st"])
+def test_every_preset_plans_valid_run_configs(tmp_path, arg):
+  config = compare_config.get_config(arg)
+  groups = compare.plan(config, str(tmp_path))  # parse_config on every run config.
+  assert len(groups) == len(config.tasks) * len(config.method_names)
+  assert all(g.pending == tuple(config.seeds) for g in groups)
+  if arg is None:
+    assert len(config.tasks) == 5 and len(config.method_names) == 9 and len(config.seeds) >= 3
+
+
+def test_measure_seed_speedup_trains_vmapped_then_one_seed_at_a_time(tmp_path):
+  config = _smoke()
+  fake = FakeTrain()
+  result = compare.measure_seed_speedup(
+    config, str(tmp_path), task="reverse", method="reinforce_ema", train_fn=fake, log=print
+  )
+  assert fake.calls == [
+    ("reverse", "hard", (0, 1)),
+    ("reverse", "hard", (0,)),
+    ("reverse", "hard", (1,)),
+  ]
+  assert result["speedup"] == pytest.approx(
+    result["sequential_seconds"] / result["vmapped_seconds"]
+  )
+  assert result["vmapped_ms_per_step"] == 5.0
+  with pytest.raises(ValueError, match="fresh workdir"):
+    compare.measure_seed_speedup(config, str(tmp_path), task="reverse", method="reinforce_ema")
+
+
+def test_real_trainer_end_to_end_fills_the_table(tmp_path):
+  """The default train_fn (attnlab.train.train_seeds) on a 1 × 1 × 2 grid."""
+  config = _smoke()
+  config.tasks = ("copy",)
+  config.method_names = ("reinforce_ema",)
+  report = compare.run_comparison(config, str(tmp_path), log=print, with_plots=False)
+  assert report.failed == ()
+  (row_a, row_b) = _csv_rows(tmp_path)
+  assert row_a["status"] == row_b["status"] == "completed"
+  # The trainer's summary keys are the ones the table reads: no "n/a" cell.
+  with open(report.table_md) as f:
+    (line,) = [x for x in f.read().splitlines() if x.startswith("| copy | reinforce_ema |")]
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert "n/a" not in cells and cells[2] == "2/2", line
+  assert float(row_a["grad/variance@1"]) > 0  # REINFORCE: a noisy gradient.

@@ -1,0 +1,214 @@
+"""The run-config schema: every config/preset loads, invalid values fail with a clear message."""
+
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from attnlab import config as config_lib
+from attnlab import modules, objectives
+from configs import compare as compare_config
+from configs import default as default_config
+
+Objective = objectives.Objective
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
+def _apply_nested(config: ml_collections.ConfigDict, overrides, prefix: str = "") -> None:
+  for key, value in overrides.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      _apply_nested(config, value, f"{prefix}{key}.")
+    else:
+      _set(config, f"{prefix}{key}", value)
+
+
+@pytest.mark.parametrize("preset", [None, "default", "smoke", "transformer"])
+def test_every_default_preset_parses(preset):
+  run = config_lib.parse_config(default_config.get_config(preset))
+  assert run.train.steps >= 1
+  assert run.objective.objective is Objective.SOFT
+  family = modules.TransformerConfig if preset == "transformer" else modules.RNNConfig
+  assert isinstance(run.model, family)
+  assert run.model.vocab_size == run.task.vocab_size
+
+
+def test_unknown_preset_lists_valid_ones():
+  with pytest.raises(ValueError, match=r"unknown preset 'nope'.*smoke"):
+    default_config.get_config("nope")
+
+
+@pytest.mark.parametrize("preset", ["default", "smoke", "full"])
+def test_every_compare_method_and_task_parses(preset):
+  compare = compare_config.get_config(preset)
+  for task in compare.tasks:
+    for name in compare.method_names:
+      config = ml_collections.ConfigDict(compare.base.to_dict())
+      config.task = task
+      _apply_nested(config, compare.methods[name])
+      run = config_lib.parse_config(config)
+      assert run.task.name == task, name
+
+
+@pytest.mark.parametrize(
+  "overrides, objective, kind, eval_mode",
+  [
+    ({"model.attention": "soft"}, Objective.SOFT, "soft", "soft"),
+    ({"model.attention": "sparsemax"}, Objective.SOFT, "sparsemax", "soft"),
+    ({"model.attention": "entmax15"}, Objective.SOFT, "entmax15", "soft"),
+    ({"model.attention": "gumbel"}, Objective.SOFT, "gumbel", "argmax"),
+    (
+      {"model.attention": "gumbel", "model.rnn.straight_through": False},
+      Objective.SOFT,
+      "gumbel",
+      "soft",
+    ),
+    ({"model.attention": "marginal"}, Objective.MARGINAL, "soft", "argmax"),
+    (
+      {"model.attention": "hard", "estimator.gradient": "enumerate"},
+      Objective.HARD_ENUM,
+      "hard",
+      "argmax",
+    ),
+    ({"model.attention": "hard"}, Objective.REINFORCE, "hard", "argmax"),
+    (
+      {"model.attention": "hard", "model.eval_mode": "sample"},
+      Objective.REINFORCE,
+      "hard",
+      "sample",
+    ),
+  ],
+)
+def test_attention_and_gradient_select_objective(overrides, objective, kind, eval_mode):
+  config = default_config.get_config()
+  for key, value in overrides.items():
+    _set(config, key, value)
+  run = config_lib.parse_config(config)
+  assert run.objective.objective is objective
+  assert run.model.attention.value == kind
+  assert run.eval_mode.value == eval_mode
+
+
+def test_estimator_settings_reach_the_objective_config():
+  config = default_config.get_config()
+  for key, value in {
+    "model.attention": "hard",
+    "estimator.baseline": "learned",
+    "estimator.num_samples": 3,
+    "estimator.reward": "reward_to_go",
+    "estimator.entropy_coef": 0.002,
+    "estimator.mix_probability": 0.5,
+    "estimator.mix_scope": "per_batch",
+  }.items():
+    _set(config, key, value)
+  run = config_lib.parse_config(config)
+  cfg = run.objective
+  assert cfg.baseline is objectives.Baseline.LEARNED
+  assert cfg.credit is objectives.Credit.REWARD_TO_GO
+  assert (cfg.num_samples, cfg.entropy_coef, cfg.mix_probability) == (3, 0.002, 0.5)
+  assert cfg.mix_scope.value == "per_batch"
+  assert run.model.learned_baseline  # Derived: a learned baseline needs the value head.
+
+
+# (overrides, substrings the error must contain: key, value, and what was expected).
+INVALID = [
+  ({"model.attention": "sotf"}, ["config.model.attention='sotf'", "'soft'", "'marginal'"]),
+  ({"model.score": "cosine"}, ["config.model.score='cosine'", "'additive'"]),
+  ({"model.family": "cnn"}, ["config.model.family='cnn'", "'transformer'"]),
+  ({"model.eval_mode": "best"}, ["config.model.eval_mode='best'", "'argmax'"]),
+  ({"model.rnn.cell": "rnn"}, ["config.model.rnn.cell='rnn'", "'lstm'"]),
+  ({"estimator.gradient": "pathwise"}, ["config.estimator.gradient='pathwise'", "'enumerate'"]),
+  ({"model.attention": "hard", "estimator.baseline": "mean"}, ["baseline='mean'", "'rloo'"]),
+  ({"model.attention": "hard", "estimator.reward": "sum"}, ["reward='sum'", "'reward_to_go'"]),
+  ({"optimizer.name": "sgd"}, ["config.optimizer.name='sgd'", "'adamw'"]),
+  ({"steps": 0}, ["config.steps=0", "[1, inf]"]),
+  ({"keep_checkpoints": 0}, ["config.keep_checkpoints=0", "[1, inf]"]),
+  ({"optimizer.learning_rate": -1.0}, ["config.optimizer.learning_rate=-1.0"]),
+  ({"estimator.mix_probability": 1.5}, ["mix_probability=1.5", "[0, 1]"]),
+  ({"probe_steps": (1, 10_000)}, ["config.probe_steps=10000", "[1, 400]"]),
+  ({"task": "parity"}, ["config.task='parity'", "copy"]),
+  (
+    {"model.attention": "hard", "estimator.baseline": "rloo"},
+    ["estimator.baseline='rloo'", "num_samples >= 2"],
+  ),
+  (
+    {"estimator.baseline": "ema"},  # soft attention: the baseline would be ignored.
+    ["config.estimator.baseline='ema'", "only applies to model.attention='hard'"],
+  ),
+  (
+    {"model.attention": "marginal", "estimator.num_samples": 4},
+    ["config.estimator.num_samples=4", "only applies"],
+  ),
+  ({"optimizer.weight_decay": 0.1}, ["weight_decay=0.1", "adamw"]),
+  (
+    {"model.attention": "hard", "estimator.gradient": "enumerate", "model.rnn.feedback": "sampled"},
+    ["enumerated objective", "feedback"],
+  ),
+  (
+    {"model.attention": "hard", "model.rnn.feedback": "sampled"},
+    ["reward='per_step' is biased", "reward_to_go"],
+  ),
+  ({"model.rnn.max_source_len": 8}, ["max_source_len=8", "24"]),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", INVALID)
+def test_invalid_value_names_key_value_and_choices(overrides, expected):
+  config = default_config.get_config()
+  for key, value in overrides.items():
+    _set(config, key, value)
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.parse_config(config)
+  for text in expected:
+    assert text in str(error.value), (text, str(error.value))
+
+
+def test_unknown_and_missing_keys_fail():
+  config = default_config.get_config()
+  config.model.rnn.hiden_dim = 3  # A typo in a config file (the CLI's locked config stops it).
+  with pytest.raises(config_lib.ConfigError, match=r"model.rnn.hiden_dim.*valid:.*hidden_dim"):
+    config_lib.parse_config(config)
+  config = default_config.get_config()
+  config.extra_knob = 1
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) \['extra_knob'\]"):
+    config_lib.parse_config(config)
+  config = default_config.get_config()
+  del config.estimator["ema_decay"]
+  with pytest.raises(config_lib.ConfigError, match="missing key 'estimator.ema_decay'"):
+    config_lib.parse_config(config)
+
+
+def test_eval_steps_include_probes_and_the_last_step():
+  config = default_config.get_config()
+  config.steps, config.eval_every, config.probe_steps = 10, 4, (1, 6)
+  config.optimizer.warmup_steps = 2
+  train = config_lib.parse_config(config).train
+  assert train.eval_steps() == [1, 4, 6, 8, 10]
+  assert train.is_probe_step(6) and not train.is_probe_step(4)
+
+
+def test_cli_rejects_an_invalid_value_before_training(tmp_path):
+  """The real command line: the message names the key, value and choices; nothing trains."""
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    "--config=configs/default.py:smoke",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.model.attention=sotf",
+  ]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+    command, cwd=root, capture_output=True, text=True, timeout=120, check=False
+  )
+  assert result.returncode != 0
+  assert "config.model.attention='sotf' is invalid" in result.stderr
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()

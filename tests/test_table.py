@@ -1,0 +1,196 @@
+"""Tests for attnlab.table: run statuses, results.csv, table.md numbers and order, rebuild."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attnlab import table
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _summary(test_acc, steps90=None, steps99=None, var1=1e-6, **extra):
+  return {
+    "completed": True,
+    "test/seq_accuracy": test_acc,
+    "test/token_accuracy": 0.99,
+    "ood/seq_accuracy": 0.0,
+    "val/alignment_accuracy": 0.9,
+    "val/lenient_alignment_accuracy": 0.9,
+    "val/attention_entropy": 0.25,
+    "steps_to_val_seq_acc_0.9": steps90,
+    "steps_to_val_seq_acc_0.99": steps99,
+    "seconds_to_val_seq_acc_0.9": None if steps90 is None else steps90 / 100,
+    "seconds_to_val_seq_acc_0.99": None if steps99 is None else steps99 / 100,
+    "grad/variance@1": var1,
+    "grad/variance@50": var1 / 10,
+    "ms_per_step": 12.0,
+    "train_seconds": 3.0,
+    **extra,
+  }
+
+
+def _write_run(workdir, task, method, seed, summary=None, metrics=None):
+  path = table.run_dir(str(workdir), task, method, seed)
+  os.makedirs(path, exist_ok=True)
+  if summary is not None:
+    with open(os.path.join(path, table.SUMMARY_JSON), "w") as f:
+      json.dump(summary, f)
+  rows = metrics or [{"step": 10, "val/seq_accuracy": 0.5}, {"step": 20, "val/seq_accuracy": 1.0}]
+  with open(os.path.join(path, table.METRICS_JSONL), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+@pytest.fixture
+def sweep(tmp_path):
+  """copy × (soft, hard, broken) × seeds 0-2, hard with one interrupted seed, broken failed."""
+  grid = table.Grid(("copy",), ("soft", "hard", "broken"), (0, 1, 2), hardware="test box")
+  with open(tmp_path / table.GRID_JSON, "w") as f:
+    f.write(grid.to_json())
+  for seed, (acc, s90, s99) in enumerate([(1.0, 100, 150), (0.98, 120, None), (0.96, 140, 300)]):
+    _write_run(tmp_path, "copy", "soft", seed, _summary(acc, s90, s99, var1=10.0 ** -(seed + 6)))
+  _write_run(tmp_path, "copy", "hard", 0, _summary(0.5, val_extra=[1, 2]))
+  _write_run(tmp_path, "copy", "hard", 1, _summary(0.7, 400, None))
+  _write_run(tmp_path, "copy", "hard", 2, {"completed": False})  # interrupted.
+  os.makedirs(table.group_dir(str(tmp_path), "copy", "broken"))
+  with open(os.path.join(table.group_dir(str(tmp_path), "copy", "broken"), "error.txt"), "w") as f:
+    f.write("Traceback (most recent call last):\n  ...\nValueError: boom\n")
+  return tmp_path, grid
+
+
+def test_collect_results_statuses_in_grid_order(sweep):
+  workdir, grid = sweep
+  rows = table.collect_results(str(workdir), grid)
+  assert [(r["method"], r["seed"], r["status"]) for r in rows] == [
+    ("soft", 0, "completed"),
+    ("soft", 1, "completed"),
+    ("soft", 2, "completed"),
+    ("hard", 0, "completed"),
+    ("hard", 1, "completed"),
+    ("hard", 2, "incomplete"),
+    ("broken", 0, "failed"),
+    ("broken", 1, "failed"),
+    ("broken", 2, "failed"),
+  ]
+  assert rows[6]["error"] == "ValueError: boom"
+  assert rows[0]["test/seq_accuracy"] == 1.0 and "completed" not in rows[0]
+  assert table.is_finished(table.run_dir(str(workdir), "copy", "soft", 0))
+  assert not table.is_finished(table.run_dir(str(workdir), "copy", "hard", 2))
+  # A seed that was never started is "missing".
+  more = table.Grid(("copy",), ("soft",), (0, 7))
+  assert [r["status"] for r in table.collect_results(str(workdir), more)] == [
+    "completed",
+    "missing",
+  ]
+
+
+def test_results_csv_one_row_per_run_with_metrics(sweep):
+  workdir, _ = sweep
+  rebuilt = table.rebuild(str(workdir), with_plots=False)
+  with open(rebuilt.results_csv) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 9
+  header = list(rows[0])
+  assert header[:5] == ["task", "method", "seed", "status", "error"]
+  assert header.index("grad/variance@1") < header.index("grad/variance@50")
+  assert "val_extra" in header  # unknown summary keys are kept, not dropped.
+  assert rows[1]["test/seq_accuracy"] == "0.98"
+  assert rows[1]["steps_to_val_seq_acc_0.99"] == ""  # never reached.
+  assert rows[3]["val_extra"] == "[1, 2]"
+  assert rows[8]["status"] == "failed" and rows[8]["test/seq_accuracy"] == ""
+
+
+def _table_row(md, method):
+  lines = [line for line in md.splitlines() if line.startswith(f"| copy | {method} |")]
+  assert len(lines) == 1, md
+  return [c.strip() for c in lines[0].strip("|").split("|")]
+
+
+def test_table_numbers(sweep):
+  workdir, grid = sweep
+  md = table.format_table(table.collect_results(str(workdir), grid), grid)
+  (header_line,) = [line for line in md.splitlines() if line.startswith("| task |")]
+  header = [c.strip() for c in header_line.strip("|").split("|")]
+  assert header[:7] == ["task", "method", "seeds ok", "steps→90%", "steps→99%", "s→90%", "s→99%"]
+  assert header[-3:] == ["grad var @1", "grad var @50", "ms/step"]
+  soft = dict(zip(header, _table_row(md, "soft"), strict=True))
+  assert soft["seeds ok"] == "3/3"
+  assert soft["steps→90%"] == "120 (3/3)"
+  assert soft["steps→99%"] == "225 (2/3)"  # mean over the two seeds that got there.
+  assert soft["s→99%"] == "2.2 (2/3)"
+  accs = np.array([1.0, 0.98, 0.96]) * 100
+  assert soft["test seq acc %"] == f"{accs.mean():.1f} ± {accs.std(ddof=1):.1f}" == "98.0 ± 2.0"
+  assert soft["grad var @1"] == "1.0e-07"  # geometric mean of 1e-6, 1e-7, 1e-8.
+  assert soft["align acc %"] == "90.0"  # lenient == strict: shown once.
+  assert soft["ms/step"] == "12.0"
+  hard = dict(zip(header, _table_row(md, "hard"), strict=True))
+  assert hard["seeds ok"] == "2/3"
+  assert hard["steps→90%"] == "400 (1/2)"
+  assert hard["steps→99%"] == "— (0/2)"
+  assert hard["test seq acc %"] == "60.0 ± 14.1"
+  broken = _table_row(md, "broken")
+  assert broken[2] == "0/3 failed" and set(broken[3:]) == {""}
+  # Rows in grid order, and the problems listed under the table.
+  assert md.index("| copy | soft |") < md.index("| copy | hard |") < md.index("| copy | broken |")
+  assert "copy/broken: 3 run(s) failed — `ValueError: boom`" in md
+  assert "copy/hard: 1 run(s) incomplete" in md
+  assert "Hardware: test box" in md and "greedy decoding" in md
+
+
+def test_lenient_alignment_shown_when_it_differs(tmp_path):
+  grid = table.Grid(("sort",), ("soft",), (0,))
+  summary = _summary(1.0, **{"val/lenient_alignment_accuracy": 0.95})
+  _write_run(tmp_path, "sort", "soft", 0, summary)
+  md = table.format_table(table.collect_results(str(tmp_path), grid), grid)
+  assert "| 90.0 / 95.0 |" in md
+
+
+def test_discover_grid_without_grid_json(sweep):
+  workdir, _ = sweep
+  os.remove(workdir / table.GRID_JSON)
+  os.makedirs(workdir / table.PLOTS_DIR)  # not a task.
+  grid = table.discover_grid(str(workdir))
+  assert grid.tasks == ("copy",)
+  assert grid.methods == ("broken", "hard", "soft")
+  assert grid.seeds == (0, 1, 2)
+  with pytest.raises(FileNotFoundError, match="no grid.json"):
+    table.discover_grid(str(workdir / "copy" / "soft" / "seed_0"))
+
+
+def test_grid_json_round_trip_and_unknown_key():
+  grid = table.Grid(("copy",), ("soft",), (0, 1), hardware="x", eval_mode="greedy")
+  assert table.Grid.from_json(grid.to_json()) == grid
+  with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
+    table.Grid.from_json(json.dumps({"tasks": [], "methods": [], "seeds": [], "colour": 1}))
+
+
+def test_read_metrics_ignores_a_torn_last_line_only(tmp_path):
+  path = _write_run(tmp_path, "copy", "soft", 0)
+  with open(os.path.join(path, table.METRICS_JSONL), "a") as f:
+    f.write('{"step": 30, "val/seq')
+  assert [r["step"] for r in table.read_metrics(path)] == [10, 20]
+  with open(os.path.join(path, table.METRICS_JSONL), "a") as f:
+    f.write("\n" + json.dumps({"step": 40}) + "\n")
+  with pytest.raises(ValueError, match="line 3 is not JSON"):
+    table.read_metrics(path)
+
+
+def test_experiments_table_rebuilds_files_and_plots(sweep):
+  workdir, _ = sweep
+  result = subprocess.run(
+    [sys.executable, "-m", "experiments.table", f"--workdir={workdir}"],
+    cwd=_REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "5/9 runs completed" in result.stdout
+  for name in (table.RESULTS_CSV, table.TABLE_MD, os.path.join(table.PLOTS_DIR, "copy.png")):
+    assert os.path.getsize(workdir / name) > 0
