@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import ml_collections
@@ -240,6 +242,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
     ValueError: unknown names, override keys or invalid run configs, before anything trains.
   """
   grid = grid_of(config)
+  if not isinstance(config.num_workers, int) or config.num_workers < 1:
+    raise ValueError(f"config.num_workers={config.num_workers!r} must be an int >= 1.")
   unknown = sorted(set(config.task_overrides.keys()) - set(grid.tasks))
   if unknown:
     raise ValueError(
@@ -284,6 +288,42 @@ def _train_group(group: Group, workdir: str, train_fn: TrainFn) -> None:
     )
 
 
+def _run_group(group: Group, workdir: str, train_fn: TrainFn) -> GroupResult:
+  """Trains one group, catching its failure into the result (runs in a worker process too)."""
+  error_path = os.path.join(table.group_dir(workdir, group.task, group.method), table.ERROR_TXT)
+  if os.path.exists(error_path):
+    os.remove(error_path)  # A stale failure from an earlier attempt: this one decides.
+  t0 = time.perf_counter()
+  try:
+    _train_group(group, workdir, train_fn)
+    status, error = "completed", ""
+  except Exception as e:  # noqa: BLE001 - isolate the failure, report it, go on.
+    status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+    os.makedirs(os.path.dirname(error_path), exist_ok=True)
+    with open(error_path, "w") as f:
+      f.write(traceback.format_exc())
+  seconds = time.perf_counter() - t0
+  return GroupResult(group.task, group.method, group.pending, status, seconds, error)
+
+
+def _results_as_completed(groups, workdir, train_fn, num_workers) -> Iterator[GroupResult]:
+  """Yields each group's result as it finishes, training ``num_workers`` groups at a time.
+
+  Small models leave a CPU core idle (compilation and the decoder scan are single-threaded),
+  so on CPU two worker processes nearly halve a sweep. Workers are spawned (JAX does not
+  survive fork) and inherit the environment, e.g. ``JAX_COMPILATION_CACHE_DIR``.
+  """
+  if num_workers <= 1:
+    for group in groups:
+      yield _run_group(group, workdir, train_fn)
+    return
+  context = multiprocessing.get_context("spawn")
+  with futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+    pending = [pool.submit(_run_group, g, workdir, train_fn) for g in groups]
+    for future in futures.as_completed(pending):
+      yield future.result()
+
+
 def run_comparison(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -325,41 +365,35 @@ def run_comparison(
   to_train = total - done
   if done:
     log(f"[{done}/{total}] skipping {done} finished run(s) already in {workdir}")
-  trained_runs, train_seconds = 0, 0.0
-  results = []
-  for group in groups:
-    seeds_text = ",".join(str(s) for s in group.seeds)
-    if not group.pending:
-      results.append(GroupResult(group.task, group.method, group.seeds, "skipped", 0.0))
-      continue
-    error_path = os.path.join(table.group_dir(workdir, group.task, group.method), table.ERROR_TXT)
-    if os.path.exists(error_path):
-      os.remove(error_path)  # A stale failure from an earlier attempt: this one decides.
-    t0 = time.perf_counter()
-    try:
-      _train_group(group, workdir, train_fn)
-      status, error = "completed", ""
-    except Exception as e:  # noqa: BLE001 - isolate the failure, report it, go on.
-      status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-      os.makedirs(os.path.dirname(error_path), exist_ok=True)
-      with open(error_path, "w") as f:
-        f.write(traceback.format_exc())
-    seconds = time.perf_counter() - t0
-    results.append(GroupResult(group.task, group.method, group.pending, status, seconds, error))
-    done += len(group.pending)
-    trained_runs += len(group.pending)
-    train_seconds += seconds
-    # ETA from the mean time per run so far (groups of a sweep have similar sizes).
-    eta = train_seconds / trained_runs * (to_train - trained_runs)
-    pending_text = ",".join(str(s) for s in group.pending)
+  trained_runs = 0
+  results = [
+    GroupResult(g.task, g.method, g.seeds, "skipped", 0.0) for g in groups if not g.pending
+  ]
+  to_run = [g for g in groups if g.pending]
+  seeds_of = {(g.task, g.method): g.seeds for g in to_run}
+  wall_start = time.perf_counter()
+  for result in _results_as_completed(to_run, workdir, train_fn, config.num_workers):
+    results.append(result)
+    done += len(result.seeds)
+    trained_runs += len(result.seeds)
+    # ETA from the wall time per run so far (groups of a sweep have similar sizes).
+    elapsed = time.perf_counter() - wall_start
+    eta = elapsed / trained_runs * (to_train - trained_runs)
+    seeds_text = ",".join(str(s) for s in seeds_of[(result.task, result.method)])
+    pending_text = ",".join(str(s) for s in result.seeds)
     seeds_shown = seeds_text if pending_text == seeds_text else f"{pending_text} of {seeds_text}"
     line = (
-      f"[{done}/{total}] {group.task}/{group.method} seeds={seeds_shown} "
-      f"({_format_seconds(seconds)}) ETA {_format_seconds(eta)}"
+      f"[{done}/{total}] {result.task}/{result.method} seeds={seeds_shown} "
+      f"({_format_seconds(result.seconds)}) ETA {_format_seconds(eta)}"
     )
-    if status == "failed":
-      line += f" FAILED: {error} (traceback in {error_path})"
+    if result.status == "failed":
+      error_path = os.path.join(
+        table.group_dir(workdir, result.task, result.method), table.ERROR_TXT
+      )
+      line += f" FAILED: {result.error} (traceback in {error_path})"
     log(line)
+  order = {(g.task, g.method): i for i, g in enumerate(groups)}
+  results.sort(key=lambda r: order[(r.task, r.method)])
 
   rebuilt = table.rebuild(workdir, grid, with_plots=with_plots)
   report = ComparisonReport(

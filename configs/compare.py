@@ -119,6 +119,7 @@ PRESETS = {
     "tasks": TASKS,
     "methods": DEFAULT_METHODS,
     "seeds": (0, 1, 2),
+    "num_workers": 2,  # Small models leave the second core idle.
   },
   "smoke": {
     "base_preset": "smoke",
@@ -126,6 +127,7 @@ PRESETS = {
     "tasks": ("copy", "reverse"),
     "methods": ("soft_additive", "reinforce_ema"),
     "seeds": (0, 1),
+    "num_workers": 1,
   },
   "full": {
     "base_preset": None,
@@ -137,6 +139,7 @@ PRESETS = {
     "tasks": TASKS,
     "methods": tuple(METHODS),
     "seeds": (0, 1, 2, 3, 4),
+    "num_workers": 2,
   },
 }
 
@@ -191,4 +194,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.method_names = tuple(selected or preset["methods"])
   # Seeds of every (task, method); all seeds of a group train together, vmapped.
   config.seeds = tuple(preset["seeds"])
+  # Groups trained at once, each in its own (spawned) process; 1 trains in this process.
+  config.num_workers = preset["num_workers"]
   return config

@@ -51,6 +51,10 @@ def main(argv):
   if cache_dir is None:
     cache_dir = os.path.join(workdir, ".jax_cache")
   if cache_dir:
+    # Environment variables too, so that spawned worker processes share the cache.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     # Cache every program: a sweep compiles hundreds of small ones, each under a second.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -252,3 +252,32 @@ def test_real_trainer_end_to_end_fills_the_table(tmp_path):
   cells = [c.strip() for c in line.strip("|").split("|")]
   assert "n/a" not in cells and cells[2] == "2/2", line
   assert float(row_a["grad/variance@1"]) > 0  # REINFORCE: a noisy gradient.
+
+
+def test_worker_processes_give_the_same_results_and_isolate_failures(tmp_path):
+  # FakeTrain instances pickle by reference to this module, so spawned workers can run them.
+  config = _smoke()
+  config.num_workers = 2
+  report, lines = _run(config, tmp_path / "parallel", FakeTrain(fail_on={"reverse"}))
+  _, sequential_lines = _run(_smoke(), tmp_path / "sequential", FakeTrain(fail_on={"reverse"}))
+  assert len(lines) == len(sequential_lines)
+  assert sorted((g.task, g.method, g.status) for g in report.groups) == [
+    ("copy", "reinforce_ema", "completed"),
+    ("copy", "soft_additive", "completed"),
+    ("reverse", "reinforce_ema", "failed"),
+    ("reverse", "soft_additive", "failed"),
+  ]
+  parallel = [
+    (r["task"], r["method"], r["seed"], r["status"]) for r in _csv_rows(tmp_path / "parallel")
+  ]
+  sequential = [
+    (r["task"], r["method"], r["seed"], r["status"]) for r in _csv_rows(tmp_path / "sequential")
+  ]
+  assert parallel == sequential
+
+
+def test_num_workers_is_validated(tmp_path):
+  config = _smoke()
+  config.num_workers = 0
+  with pytest.raises(ValueError, match="num_workers=0"):
+    compare.run_comparison(config, str(tmp_path), train_fn=FakeTrain())
