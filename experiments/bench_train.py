@@ -68,8 +68,9 @@ class Case:
     reference: the soft case this step time is divided by (``None``: no ratio).
     drop_soft_logits: diagnostic. Replaces ``Seq2SeqOutput.soft_logits`` by
       ``stop_gradient(logits)``, so XLA drops the expected-context readout (RNN) or the
-      second, soft decoder pass (Transformer). The loss is unchanged when neither the soft
-      baseline nor expectation mixing is on (checked); only the ``soft_nll`` metric changes.
+      second, soft decoder pass (Transformer). ``objectives.loss_fn`` already skips that
+      work when neither the soft baseline nor expectation mixing is on, so the ablation
+      should then cost the same as the full step (a check that nothing else computes it).
     selection: diagnostic ``attention_override`` (e.g. "argmax": no sampling, no RNG).
   """
 

@@ -46,7 +46,6 @@ def test_drop_soft_logits_keeps_the_loss():
   ablated_state, ablated = _step_once(bench_train.build("rnn_hard-no_soft_logits", 4, _TOY))
   np.testing.assert_allclose(full["loss"], ablated["loss"], rtol=1e-6)
   np.testing.assert_allclose(full["grad_norm"], ablated["grad_norm"], rtol=1e-5)
-  assert np.isfinite(full["soft_nll"]) and full["soft_nll"] != ablated["soft_nll"]
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
     full_state.params,

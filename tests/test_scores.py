@@ -69,7 +69,8 @@ def test_matches_numpy_loop(name):
   out = _call(name, x)
   assert out.shape == (TQ, TK) and out.dtype == jnp.float32
   np.testing.assert_allclose(out, _loop_scores(name, x), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(_call, static_argnums=0)(name, x), out, rtol=1e-6)
+  # jit fuses ops, eager runs them one by one: equal up to float32 rounding.
+  np.testing.assert_allclose(jax.jit(_call, static_argnums=0)(name, x), out, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
