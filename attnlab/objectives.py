@@ -174,11 +174,9 @@ def _enumerated(out, batch, source_mask_BxS, per_position_fn):
   return over_steps(log_alpha_BxTxS, log_lik_BxTxS, mask_BxTxS)  # [B, T]
 
 
-def _returns(rewards_BxT, mask_BxT, credit):
+def _returns(rewards_BxT, mask_BxT, credit: Credit):
   """Per-step returns ``[B, T]`` (0 at padded steps); ``mask_BxT`` is bool."""
-  if credit is Credit.PER_STEP:
-    return jnp.where(mask_BxT, rewards_BxT, 0.0)
-  return jax.vmap(estimators.reward_to_go)(rewards_BxT, mask_BxT)
+  return jax.vmap(estimators.assign_credit, (0, 0, None))(rewards_BxT, mask_BxT, credit.value)
 
 
 def _apply(model, params, batch, key, *, enumerate_positions=False):
