@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.rnn.gumbel_temperature = 1.0  # Gumbel-softmax temperature (attention=gumbel).
   config.model.rnn.straight_through = True  # One-hot forward, relaxed backward (gumbel).
   config.model.rnn.init_decoder_from_source = False  # True lets the decoder bypass attention.
+  config.model.rnn.init_decoder_from_length = False  # Initial state: a source-length embedding.
   config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
 
   config.model.transformer = ml_collections.ConfigDict()  # attnlab.modules.TransformerConfig.

@@ -32,7 +32,11 @@ KEY = jax.random.key(0)
 
 
 KINDS = [k.value for k in AttentionKind]
-BASE = dataclasses.replace(SMALL, learned_baseline=True)
+# Expected feedback (the same cell input size as sampled feedback) and a zero initial state,
+# so one initialisation serves every model here and the step-by-step reference starts at 0.
+BASE = dataclasses.replace(
+  SMALL, learned_baseline=True, feedback="expected", init_decoder_from_length=False
+)
 
 
 @functools.cache
@@ -167,6 +171,29 @@ def test_scan_equals_step_by_step_reference():
     np.testing.assert_array_equal(out.attention.index[:, t], step.aux.index)
     np.testing.assert_allclose(out.attention.log_prob[:, t], step.aux.log_prob, atol=1e-5)
     np.testing.assert_allclose(out.attention.weights[:, t], step.aux.weights, atol=1e-6)
+
+
+def test_default_decoder_reads_source_content_only_through_attention():
+  # Defaults: no feedback, token values, a source-length embedding in the initial state.
+  # p(y_t | z_t = s) must then depend on the source only through the value at s: changing
+  # the symbol at one position changes position_logits at that position and nowhere else.
+  model = build_model(dataclasses.replace(SMALL, attention="hard"))
+  assert model.config.feedback.value == "none" and model.config.init_decoder_from_length
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  changed = INPUTS.at[0, 1].set(9)  # 4 -> 9 at position 1 of the first source.
+
+  def position_logits(inputs):
+    out = model.apply(variables, inputs, LENGTHS, DEC_INPUTS, enumerate_positions=True,
+                      rngs={"attention": KEY})  # fmt: skip
+    return out.position_logits
+
+  before, after = position_logits(INPUTS), position_logits(changed)
+  np.testing.assert_array_equal(np.delete(before, 1, axis=2), np.delete(after, 1, axis=2))
+  assert not np.allclose(before[0, :, 1], after[0, :, 1])
+  # The source length does reach the decoder state: a shorter source changes every position.
+  out_len = model.apply(variables, INPUTS, LENGTHS.at[0].set(3), DEC_INPUTS,
+                        enumerate_positions=True, rngs={"attention": KEY})  # fmt: skip
+  assert not np.allclose(out_len.position_logits[0, :, 0], before[0, :, 0])
 
 
 def test_enumeration_with_sampled_feedback_is_an_error():

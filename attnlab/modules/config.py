@@ -56,6 +56,9 @@ class RNNConfig:
     learned_baseline: add a value head on the stop-gradient decoder state.
     init_decoder_from_source: initialise the decoder state from the mean key (off by
       default: it lets the decoder bypass attention).
+    init_decoder_from_length: add an embedding of the source length (a count, no symbol)
+      to the initial decoder state. Without it a decoder that feeds back nothing cannot
+      know where the target ends except from the one value it attends.
     max_source_len: number of learned source position embeddings.
     bos_id: first decoder input of greedy decoding.
     eos_id: end-of-sequence token.
@@ -69,13 +72,14 @@ class RNNConfig:
   attention: AttentionKind | str = AttentionKind.SOFT
   score: ScoreKind | str = ScoreKind.GENERAL
   additive_dim: int = 64
-  feedback: Feedback | str = Feedback.EXPECTED
+  feedback: Feedback | str = Feedback.NONE
   key_source: KeySource | str = KeySource.BIRNN
-  value_source: ValueSource | str = ValueSource.LOCAL
+  value_source: ValueSource | str = ValueSource.TOKEN
   gumbel_temperature: float = 1.0
   straight_through: bool = False
   learned_baseline: bool = False
   init_decoder_from_source: bool = False
+  init_decoder_from_length: bool = True
   max_source_len: int = 64
   bos_id: int = BOS
   eos_id: int = EOS

@@ -48,8 +48,10 @@ class ScoreKind(_Parsable):
 class Feedback(_Parsable):
   """What an RNN decoder step feeds into the next step's input besides the previous token."""
 
-  NONE = "none"  # nothing: decoder states never depend on attention.
-  EXPECTED = "expected"  # the expected (soft) context: states never depend on a sample.
+  NONE = "none"  # nothing: decoder states never depend on attention (the honest default).
+  # the expected (soft) context: states never depend on a sample, but a hard model's
+  # output then reads a soft summary of the source around its hard choice.
+  EXPECTED = "expected"
   SAMPLED = "sampled"  # the context actually used (the sampled value for hard attention).
 
 
@@ -63,7 +65,12 @@ class KeySource(_Parsable):
 class ValueSource(_Parsable):
   """What the RNN family's attention values (the contexts) are."""
 
-  LOCAL = "local"  # token embedding plus position embedding: alignment metrics stay honest.
+  # the token embedding alone: one value per symbol wherever it stands, so every position's
+  # value is trained whichever position is attended (the default).
+  TOKEN = "token"
+  # token plus position embedding: a rarely attended position (the last of the longest
+  # sources) has a rarely trained value, a trap for hard attention.
+  LOCAL = "local"
   CONTEXTUAL = "contextual"  # the bidirectional RNN states: may carry any source content.
 
 

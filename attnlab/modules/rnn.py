@@ -123,18 +123,21 @@ class RNNSeq2Seq(nn.Module):
 
   Keys and values are chosen separately. Keys come from a bidirectional GRU/LSTM
   (``key_source="birnn"``) or are position-local (token plus position embedding).
-  Values are position-local by default; ``value_source="contextual"`` uses the
-  bidirectional states instead. Caveat: a contextual value at position ``j`` may carry
-  any source token, so a model can solve e.g. sort while attending to the wrong
-  position, and alignment metrics (accuracy, mass on gold) then mean nothing. Keep values
-  local when alignments are measured.
+  Values are the token embeddings by default (``value_source="token"``); ``"local"`` adds
+  the position embedding, ``"contextual"`` uses the bidirectional states. Caveat: a
+  contextual value at position ``j`` may carry any source token, so a model can solve e.g.
+  sort while attending to the wrong position, and alignment metrics then mean nothing.
 
-  The decoder starts from a zero state unless ``init_decoder_from_source``: a state
-  computed from the source would let it decode without attending. What the next step's
-  input receives besides the previous token is ``feedback``: nothing, the expected
-  context (default; as Deng et al. 2018, so decoder states never depend on a sample, each
-  step's choice has a local reward and the exact enumerated gradient exists), or the
-  context actually used (the sample, for hard attention).
+  By default nothing carries source content to the output except the attention's context:
+  the decoder feeds back nothing (``feedback="none"``), so its states see only the target
+  prefix and, with ``init_decoder_from_length``, the source length (a count, no symbol).
+  Then a hard-attention model's output depends on the source only through the positions it
+  chose, each step's choice has a local reward, and the exact enumerated gradient exists.
+  ``feedback="expected"`` (Deng et al. 2018) feeds the expected context back: the states
+  still never depend on a sample, but they carry a soft summary of the source, a path around
+  a hard choice. ``"sampled"`` feeds back the context actually used. The decoder starts
+  from the length embedding (or zeros) unless ``init_decoder_from_source``: a state
+  computed from the source would let it decode without attending.
 
   Call: ``apply(params, inputs_BxS, input_lengths_B, decoder_inputs_BxT, *,
   attention_override=None, enumerate_positions=False, rngs={"attention": key})`` ->
@@ -161,6 +164,8 @@ class RNNSeq2Seq(nn.Module):
       self.key_projection = nn.Dense(c.hidden_dim, use_bias=False)
     if c.init_decoder_from_source:
       self.init_projection = nn.Dense(c.hidden_dim)
+    if c.init_decoder_from_length:
+      self.length_embed = nn.Embed(c.max_source_len + 1, c.hidden_dim)
     self.decoder = RNNDecoder(c)
 
   def encode(self, inputs_BxS: chex.Array, input_lengths_B: chex.Array) -> Memory:
@@ -173,8 +178,11 @@ class RNNSeq2Seq(nn.Module):
         f"source length {source_len} exceeds max_source_len={c.max_source_len}; "
         "raise RNNConfig.max_source_len."
       )
-    local_BxSxE = self.token_embed(inputs_BxS) + self.position_embed(jnp.arange(source_len))[None]
+    tokens_BxSxE = self.token_embed(inputs_BxS)
+    local_BxSxE = tokens_BxSxE + self.position_embed(jnp.arange(source_len))[None]
     keys = values = local_BxSxE
+    if c.value_source is ValueSource.TOKEN:
+      values = tokens_BxSxE
     if c.uses_encoder_rnn:
       states_BxSx2E = self.encoder(local_BxSxE, seq_lengths=input_lengths_B)
       if c.key_source is KeySource.BIRNN:
@@ -194,6 +202,8 @@ class RNNSeq2Seq(nn.Module):
       count_Bx1 = jnp.maximum(jnp.sum(valid_BxSx1, axis=1), 1.0)
       mean_key_BxDk = jnp.sum(memory.keys_BxSxDk * valid_BxSx1, axis=1) / count_Bx1
       hidden_BxH = jnp.tanh(self.init_projection(mean_key_BxDk))
+    if c.init_decoder_from_length:
+      hidden_BxH = hidden_BxH + jnp.tanh(self.length_embed(jnp.sum(memory.mask_BxS, axis=1)))
     state = hidden_BxH if c.cell is Cell.GRU else (jnp.zeros_like(hidden_BxH), hidden_BxH)
     feedback = None
     if c.feedback is not Feedback.NONE:
