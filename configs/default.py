@@ -48,17 +48,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.rnn.hidden_dim = 128  # Decoder hidden size.
   config.model.rnn.cell = "gru"  # gru | lstm.
   config.model.rnn.additive_dim = 64  # Hidden size of the additive score.
-  # What the next decoder input receives: none | expected (soft context; keeps an exact
-  # enumerated gradient) | sampled (the context actually used).
-  config.model.rnn.feedback = "expected"
+  # What the next decoder input receives besides the previous token: none (then only the
+  # attention's context carries source content to the output) | expected (the soft
+  # context, Deng et al. 2018: a soft path around a hard choice) | sampled (the context
+  # actually used; needs estimator.reward=reward_to_go for REINFORCE).
+  config.model.rnn.feedback = "none"
   config.model.rnn.key_source = "birnn"  # birnn | local: what attention keys come from.
-  # local | contextual. Contextual values let a model solve sort while attending to the
-  # wrong position: alignment metrics then mean nothing.
-  config.model.rnn.value_source = "local"
+  # token (the token embedding) | local (token + position embedding) | contextual (BiGRU
+  # states: a model can then solve sort while attending to the wrong position).
+  config.model.rnn.value_source = "token"
   config.model.rnn.gumbel_temperature = 1.0  # Gumbel-softmax temperature (attention=gumbel).
   config.model.rnn.straight_through = True  # One-hot forward, relaxed backward (gumbel).
   config.model.rnn.init_decoder_from_source = False  # True lets the decoder bypass attention.
-  config.model.rnn.init_decoder_from_length = False  # Initial state: a source-length embedding.
+  # Initial decoder state: an embedding of the source length (a count, no symbol), so the
+  # decoder can know where the target ends without reading it off an attended value.
+  config.model.rnn.init_decoder_from_length = True
   config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
 
   config.model.transformer = ml_collections.ConfigDict()  # attnlab.modules.TransformerConfig.
