@@ -35,6 +35,7 @@ from typing import Any
 import ml_collections
 
 from attnlab import modules, objectives, tasks
+from attnlab.enums import Choice
 from attnlab.estimators import MixScope
 from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
 
@@ -43,7 +44,7 @@ class ConfigError(ValueError):
   """An invalid run config; the message names the key, the value and what was expected."""
 
 
-class Attention(enum.Enum):
+class Attention(Choice):
   """``config.model.attention``: the attention method trained (see the module docstring)."""
 
   SOFT = "soft"
@@ -54,14 +55,14 @@ class Attention(enum.Enum):
   MARGINAL = "marginal"
 
 
-class Gradient(enum.Enum):
+class Gradient(Choice):
   """``config.estimator.gradient``: how hard attention's bound is differentiated."""
 
   REINFORCE = "reinforce"  # score-function estimate from K sampled alignments.
   ENUMERATE = "enumerate"  # exact gradient by enumerating every source position.
 
 
-class EvalChoice(enum.Enum):
+class EvalChoice(Choice):
   """``config.model.eval_mode``: attention used by greedy decoding at evaluation."""
 
   AUTO = "auto"  # argmax for hard, marginal and straight-through Gumbel; soft otherwise.
@@ -70,7 +71,7 @@ class EvalChoice(enum.Enum):
   SAMPLE = "sample"
 
 
-class OptimizerName(enum.Enum):
+class OptimizerName(Choice):
   """``config.optimizer.name``."""
 
   ADAM = "adam"
@@ -190,13 +191,11 @@ def _covered(path: str, read: set[str]) -> bool:
   return any(path == r or path.startswith(f"{r}.") for r in read)
 
 
-def _choice(path: str, value: Any, enum_cls: type[enum.Enum]) -> Any:
-  if isinstance(value, enum_cls):
-    return value
-  valid = [m.value for m in enum_cls]
-  if value not in valid:
-    raise ConfigError(f"config.{path}={value!r} is invalid; valid choices: {valid}.")
-  return enum_cls(value)
+def _choice(path: str, value: Any, enum_cls: type[Choice]) -> Any:
+  try:
+    return enum_cls.parse(value, name=f"config.{path}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _number(path: str, value: Any, kind: type, *, low=None, high=None) -> Any:
@@ -237,7 +236,7 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     if key not in settable:
       raise ConfigError(f"config.{path} is not a {family.value} model setting; valid: {settable}.")
     default = fields[key].default
-    if isinstance(default, enum.Enum):
+    if isinstance(default, Choice):
       value = _choice(path, value, type(default))
     elif isinstance(value, (list, tuple)):
       value = tuple(value)

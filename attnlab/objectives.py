@@ -22,18 +22,18 @@ unbiased estimate of the ``HARD_ENUM`` loss's gradient (the probe measures exact
 from __future__ import annotations
 
 import dataclasses
-import enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from attnlab import estimators, metrics, tasks
+from attnlab.enums import Choice
 from attnlab.modules.outputs import Seq2SeqOutput
 
 
-class Objective(enum.Enum):
+class Objective(Choice):
   """What the loss optimises (see the module docstring)."""
 
   SOFT = "soft"
@@ -42,7 +42,7 @@ class Objective(enum.Enum):
   REINFORCE = "reinforce"
 
 
-class Baseline(enum.Enum):
+class Baseline(Choice):
   """Variance-reduction baseline for ``REINFORCE``."""
 
   NONE = "none"  # b = 0.
@@ -52,21 +52,11 @@ class Baseline(enum.Enum):
   SOFT = "soft"  # return of the deterministic soft context (Deng et al. 2018).
 
 
-class Credit(enum.Enum):
+class Credit(Choice):
   """Which return multiplies ``∇ log α(z_t)``."""
 
   PER_STEP = "per_step"  # log p(y_t | z_t): exact credit when z_t only affects step t.
   REWARD_TO_GO = "reward_to_go"  # Σ_{t' >= t} log p(y_t' | z_≤t'): unbiased in general.
-
-
-def parse_enum(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
-  """Parses ``value`` into ``enum_cls``; the error names the key and lists valid values."""
-  if isinstance(value, enum_cls):
-    return value
-  valid = [m.value for m in enum_cls]
-  if value not in valid:
-    raise ValueError(f"{name}={value!r} is not valid; choose one of {valid}.")
-  return enum_cls(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +92,7 @@ class ObjectiveConfig:
       ("credit", Credit),
       ("mix_scope", estimators.MixScope),
     ):
-      object.__setattr__(self, field, parse_enum(cls, getattr(self, field), field))
+      object.__setattr__(self, field, cls.parse(getattr(self, field), name=field))
     if self.num_samples < 1:
       raise ValueError(f"num_samples={self.num_samples} must be >= 1.")
     if self.baseline is Baseline.RLOO and self.num_samples < 2:

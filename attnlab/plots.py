@@ -9,13 +9,14 @@ read from ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from attnlab.enums import Choice
 
 # What a run's learning curve shows by default: the loss, accuracy (train split is teacher
 # forced; val is greedy decoding), whether attention finds the gold position, and how noisy
@@ -36,20 +37,11 @@ _LOG_SCALE_MARKERS = ("variance", "bias_sq")
 _MAX_HEATMAP_COLUMNS = 4
 
 
-class Band(enum.Enum):
+class Band(Choice):
   """Spread drawn around the mean over seeds in :func:`plot_comparison_curves`."""
 
   MINMAX = "minmax"  # Lowest to highest seed: honest with 3 seeds, shows every outlier.
   STD = "std"  # Mean ± one (population) standard deviation over seeds.
-
-  @classmethod
-  def parse(cls, band: str | Band) -> Band:
-    if isinstance(band, cls):
-      return band
-    valid = [b.value for b in cls]
-    if band not in valid:
-      raise ValueError(f"unknown band {band!r}; valid bands: {valid}.")
-    return cls(band)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
@@ -318,7 +310,7 @@ def seed_band(
   Returns:
     ``(steps [P], mean [P], low [P], high [P])`` float64 arrays (``P`` = 0 if no value).
   """
-  band = Band.parse(band)
+  band = Band.parse(band, name="band")
   by_step: dict[float, list[float]] = {}
   for rows in runs:
     steps, values = _series(rows, key)
@@ -371,7 +363,7 @@ def comparison_figure(
   title: str | None = None,
 ) -> Figure:
   """The unsaved figure of :func:`plot_comparison_curves` (same arguments but ``path``)."""
-  band = Band.parse(band)
+  band = Band.parse(band, name="band")
   if not runs_by_method:
     raise ValueError("runs_by_method is empty: nothing to compare.")
   for method, runs in runs_by_method.items():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import enum
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from attnlab import plots
+from attnlab.enums import Choice
 
 GRID_JSON = "grid.json"
 RESULTS_CSV = "results.csv"
@@ -61,7 +61,7 @@ SUMMARY_KEYS = (
 _IGNORED_SUMMARY_KEYS = ("completed", *ID_COLUMNS)
 
 
-class RunStatus(enum.Enum):
+class RunStatus(Choice):
   """State of one run directory."""
 
   COMPLETED = "completed"  # summary.json with completed: true.

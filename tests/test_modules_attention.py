@@ -27,14 +27,14 @@ LENGTHS = jnp.array([5, 3])
 MASK = jnp.arange(S)[None, :] < LENGTHS[:, None]  # [B, S]
 
 
-def test_enum_parse_errors_list_valid_names():
+def test_enum_parse_errors_list_valid_choices():
   assert AttentionKind.parse("entmax15") is AttentionKind.ENTMAX15
   assert Feedback.parse(Feedback.NONE) is Feedback.NONE
   with pytest.raises(
     ValueError, match=r"'bahdanau'.*\['dot', 'scaled_dot', 'general', 'additive'\]"
   ):
     ScoreKind.parse("bahdanau")
-  with pytest.raises(ValueError, match="valid names"):
+  with pytest.raises(ValueError, match="valid choices"):
     resolve_spec("soft", "greedy")
 
 

@@ -20,17 +20,18 @@ removes most of the variance. Every baseline here obeys that rule:
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from attnlab.enums import Choice
+
 _F32 = jnp.float32
 
 
-class BaselineKind(enum.Enum):
+class BaselineKind(Choice):
   """The baselines of :func:`select_baseline` (see module docstring)."""
 
   NONE = "none"
@@ -38,15 +39,6 @@ class BaselineKind(enum.Enum):
   LEARNED = "learned"
   LEAVE_ONE_OUT = "leave_one_out"
   SOFT = "soft"
-
-  @classmethod
-  def parse(cls, kind: str | BaselineKind) -> BaselineKind:
-    if isinstance(kind, cls):
-      return kind
-    valid = [k.value for k in cls]
-    if kind not in valid:
-      raise ValueError(f"unknown baseline {kind!r}; valid baselines: {valid}.")
-    return cls(kind)
 
 
 class EmaBaseline(NamedTuple):
@@ -237,7 +229,7 @@ def select_baseline(
   Returns:
     float32 baseline of ``reward``'s shape, under ``stop_gradient``.
   """
-  kind = BaselineKind.parse(kind)
+  kind = BaselineKind.parse(kind, name="baseline")
   reward = jnp.asarray(reward)
   needed = {
     BaselineKind.EMA: ("ema_state", ema_state),

@@ -16,20 +16,20 @@ its argmax" need no special cases. The math is :func:`attnlab.soft_attention` an
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
 import chex
 import jax.numpy as jnp
 
-from attnlab import hard, normalizers
+from attnlab import enums, hard, normalizers
 from attnlab import masks as masks_lib
+from attnlab.enums import Choice
 from attnlab.modules.kinds import AttentionKind, EvalMode
 from attnlab.soft import ScoreFn, soft_attention
 
 
-class Distribution(enum.Enum):
+class Distribution(Choice):
   """Normaliser that turns scores into a distribution over key positions."""
 
   SOFTMAX = "softmax"
@@ -37,7 +37,7 @@ class Distribution(enum.Enum):
   ENTMAX15 = "entmax15"
 
 
-class Selection(enum.Enum):
+class Selection(Choice):
   """How the context is drawn from the distribution."""
 
   EXPECTED = "expected"  # Σ_k p_k v_k.
@@ -102,10 +102,10 @@ def parse_override(override: str | EvalMode | AttentionKind | None):
   if override is None or isinstance(override, (EvalMode, AttentionKind)):
     return override
   for cls in (EvalMode, AttentionKind):
-    if override in [m.value for m in cls]:
+    if override in cls.values():
       return cls(override)
-  valid = sorted({m.value for m in EvalMode} | {m.value for m in AttentionKind})
-  raise ValueError(f"unknown attention_override {override!r}; valid names: {valid}.")
+  valid = sorted(set(EvalMode.values()) | set(AttentionKind.values()))
+  raise ValueError(enums.invalid_choice("attention_override", override, valid))
 
 
 def resolve_spec(
@@ -127,7 +127,7 @@ def resolve_spec(
   Returns:
     An :class:`AttentionSpec`.
   """
-  distribution, selection = _KIND_SPECS[AttentionKind.parse(kind)]
+  distribution, selection = _KIND_SPECS[AttentionKind.parse(kind, name="kind")]
   override = parse_override(override)
   if isinstance(override, EvalMode):
     selection = _EVAL_SELECTIONS[override]

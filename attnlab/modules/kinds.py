@@ -1,32 +1,11 @@
-"""Named choices of the modules, as enums whose ``parse`` error lists the valid names."""
+"""Named choices of the modules (:class:`attnlab.enums.Choice`: ``parse`` lists the valid names)."""
 
 from __future__ import annotations
 
-import enum
-from typing import TypeVar
-
-_E = TypeVar("_E", bound="_Parsable")
+from attnlab.enums import Choice
 
 
-class _Parsable(enum.Enum):
-  """An enum with ``parse(name_or_member)``; config strings become members through it."""
-
-  @classmethod
-  def parse(cls: type[_E], value: str | _E) -> _E:
-    """Returns the member named by ``value`` (a member passes through).
-
-    Raises:
-      ValueError: naming ``value`` and listing the valid names.
-    """
-    if isinstance(value, cls):
-      return value
-    valid = [m.value for m in cls]
-    if value not in valid:
-      raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {valid}.")
-    return cls(value)
-
-
-class AttentionKind(_Parsable):
+class AttentionKind(Choice):
   """How a query turns scores into a context (the training-time switch)."""
 
   SOFT = "soft"  # softmax weights, expected context.
@@ -36,7 +15,7 @@ class AttentionKind(_Parsable):
   ENTMAX15 = "entmax15"  # entmax-1.5 weights, expected context.
 
 
-class ScoreKind(_Parsable):
+class ScoreKind(Choice):
   """Score function of :mod:`attnlab.scores`."""
 
   DOT = "dot"
@@ -45,7 +24,7 @@ class ScoreKind(_Parsable):
   ADDITIVE = "additive"
 
 
-class Feedback(_Parsable):
+class Feedback(Choice):
   """What an RNN decoder step feeds into the next step's input besides the previous token."""
 
   NONE = "none"  # nothing: decoder states never depend on attention.
@@ -53,21 +32,21 @@ class Feedback(_Parsable):
   SAMPLED = "sampled"  # the context actually used (the sampled value for hard attention).
 
 
-class KeySource(_Parsable):
+class KeySource(Choice):
   """What the RNN family's attention keys are computed from."""
 
   BIRNN = "birnn"  # a bidirectional GRU/LSTM over the source.
   LOCAL = "local"  # the token embedding plus the position embedding of each position.
 
 
-class ValueSource(_Parsable):
+class ValueSource(Choice):
   """What the RNN family's attention values (the contexts) are."""
 
   LOCAL = "local"  # token embedding plus position embedding: alignment metrics stay honest.
   CONTEXTUAL = "contextual"  # the bidirectional RNN states: may carry any source content.
 
 
-class EvalMode(_Parsable):
+class EvalMode(Choice):
   """Evaluation-time attention, independent of the training kind.
 
   All three use the trained model's distribution over positions (softmax for soft, hard and
@@ -79,14 +58,14 @@ class EvalMode(_Parsable):
   SAMPLE = "sample"  # the value at a sampled position.
 
 
-class Cell(_Parsable):
+class Cell(Choice):
   """Recurrent cell of the RNN family."""
 
   GRU = "gru"
   LSTM = "lstm"
 
 
-class Family(_Parsable):
+class Family(Choice):
   """Model family built by :func:`attnlab.modules.build_model`."""
 
   RNN = "rnn"

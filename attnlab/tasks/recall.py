@@ -60,7 +60,7 @@ class RecallTask(base.Task):
     return self.query_token + 1
 
   def _pairs(self, split: Split | str) -> tuple[int, int]:
-    return self.ood_pairs if Split.parse(split) is Split.OOD else self.train_pairs
+    return self.ood_pairs if Split.parse(split, name="split") is Split.OOD else self.train_pairs
 
   def max_input_len(self, split: Split | str) -> int:
     return 2 * self._pairs(split)[1] + 2
