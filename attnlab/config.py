@@ -9,50 +9,39 @@ was expected::
 
   config.model.attention='sotf' is invalid; valid choices: ['soft', 'hard', ...]
 
-How ``model.attention`` and ``estimator.gradient`` select the training objective
-(Deng et al. 2018, "Latent Alignment and Variational Attention"):
+How ``model.attention`` (an ``attnlab.modules.AttentionKind``, the model's attention too) and
+``estimator.gradient`` select the training objective (Deng et al. 2018, "Latent Alignment and
+Variational Attention"):
 
-==============================================  ===========  =========================
-model.attention                                 model kind   objective
-==============================================  ===========  =========================
-soft | sparsemax | entmax15 | gumbel            same         ``Objective.SOFT``
-marginal                                        soft         ``Objective.MARGINAL``
-hard, estimator.gradient=enumerate              hard         ``Objective.HARD_ENUM``
-hard, estimator.gradient=reinforce              hard         ``Objective.REINFORCE``
-==============================================  ===========  =========================
+==============================================  =========================
+model.attention                                 objective
+==============================================  =========================
+soft | sparsemax | entmax15 | gumbel            ``Objective.SOFT``
+marginal                                        ``Objective.MARGINAL``
+hard, estimator.gradient=enumerate              ``Objective.HARD_ENUM``
+hard, estimator.gradient=reinforce              ``Objective.REINFORCE``
+==============================================  =========================
 
-The exact-marginal model is built with soft attention: its weights are the alignment
-distribution α the marginal enumerates, and no sample is drawn.
+The ``marginal`` layer computes soft attention: its weights are the alignment distribution α
+the marginal enumerates, and no sample is drawn.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
 
-from attnlab import modules, objectives, tasks
+from attnlab import enums, estimators, modules, objectives, tasks
 from attnlab.enums import Choice
-from attnlab.estimators import MixScope
+from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
 
 
 class ConfigError(ValueError):
   """An invalid run config; the message names the key, the value and what was expected."""
-
-
-class Attention(Choice):
-  """``config.model.attention``: the attention method trained (see the module docstring)."""
-
-  SOFT = "soft"
-  HARD = "hard"
-  GUMBEL = "gumbel"
-  SPARSEMAX = "sparsemax"
-  ENTMAX15 = "entmax15"
-  MARGINAL = "marginal"
 
 
 class Gradient(Choice):
@@ -62,13 +51,9 @@ class Gradient(Choice):
   ENUMERATE = "enumerate"  # exact gradient by enumerating every source position.
 
 
-class EvalChoice(Choice):
-  """``config.model.eval_mode``: attention used by greedy decoding at evaluation."""
-
-  AUTO = "auto"  # argmax for hard, marginal and straight-through Gumbel; soft otherwise.
-  SOFT = "soft"
-  ARGMAX = "argmax"
-  SAMPLE = "sample"
+# ``config.model.eval_mode`` besides the EvalMode names: argmax for hard, marginal and
+# straight-through Gumbel models, soft otherwise (see :func:`_eval_mode`).
+AUTO_EVAL_MODE = "auto"
 
 
 class OptimizerName(Choice):
@@ -139,7 +124,8 @@ class RunConfig:
   Attributes:
     seed: the run's seed (:func:`attnlab.train.train_and_evaluate`).
     task: the task instance (``attnlab.tasks.get_task(config.task, **config.task_overrides)``).
-    attention: the :class:`Attention` method.
+    attention: the ``attnlab.modules.AttentionKind`` trained (``MARGINAL``: soft weights,
+      trained by the exact marginal likelihood).
     model: ``attnlab.modules.RNNConfig`` or ``TransformerConfig`` ready for ``build_model``.
     eval_mode: the ``EvalMode`` of greedy decoding and the evaluation metrics.
     objective: ``attnlab.objectives.ObjectiveConfig``.
@@ -149,7 +135,7 @@ class RunConfig:
 
   seed: int
   task: Any
-  attention: Attention
+  attention: AttentionKind
   model: Any
   eval_mode: EvalMode
   objective: objectives.ObjectiveConfig
@@ -219,7 +205,7 @@ _DERIVED_MODEL_FIELDS = (
 )  # fmt: skip
 
 
-def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool):
+def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: bool):
   family = _choice("model.family", read("model.family"), Family)
   score = _choice("model.score", read("model.score"), ScoreKind)
   config_cls = {Family.RNN: modules.RNNConfig, Family.TRANSFORMER: modules.TransformerConfig}
@@ -249,11 +235,10 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     f"config.{section}.max_source_len={max_source_len} is too small; task "
     f"{task.name!r} has sources of up to {longest} tokens (OOD split included).",
   )
-  kind = AttentionKind.SOFT if attention is Attention.MARGINAL else AttentionKind(attention.value)
   try:
     return config_cls[family](
       vocab_size=vocab_size,
-      attention=kind,
+      attention=attention,
       score=score,
       learned_baseline=learned,
       bos_id=tasks.BOS,
@@ -264,11 +249,11 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     raise ConfigError(f"config.{section}: {e}") from e
 
 
-def _objective_config(read: _Reader, attention: Attention) -> objectives.ObjectiveConfig:
+def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.ObjectiveConfig:
   gradient = _choice("estimator.gradient", read("estimator.gradient"), Gradient)
-  baseline = _choice("estimator.baseline", read("estimator.baseline"), objectives.Baseline)
-  credit = _choice("estimator.reward", read("estimator.reward"), objectives.Credit)
-  mix_scope = _choice("estimator.mix_scope", read("estimator.mix_scope"), MixScope)
+  baseline = _choice("estimator.baseline", read("estimator.baseline"), BaselineKind)
+  credit = _choice("estimator.reward", read("estimator.reward"), CreditAssignment)
+  mix_scope = _choice("estimator.mix_scope", read("estimator.mix_scope"), estimators.MixScope)
   num_samples = _number("estimator.num_samples", read("estimator.num_samples"), int, low=1)
   entropy_coef = _number("estimator.entropy_coef", read("estimator.entropy_coef"), float, low=0)
   mix_probability = _number(
@@ -280,13 +265,13 @@ def _objective_config(read: _Reader, attention: Attention) -> objectives.Objecti
     "estimator.baseline_loss_coef", read("estimator.baseline_loss_coef"), float, low=0
   )
 
-  if attention is Attention.HARD:
+  if attention is AttentionKind.HARD:
     objective = (
       objectives.Objective.REINFORCE
       if gradient is Gradient.REINFORCE
       else objectives.Objective.HARD_ENUM
     )
-  elif attention is Attention.MARGINAL:
+  elif attention is AttentionKind.MARGINAL:
     objective = objectives.Objective.MARGINAL
   else:
     objective = objectives.Objective.SOFT
@@ -295,14 +280,14 @@ def _objective_config(read: _Reader, attention: Attention) -> objectives.Objecti
     # Settings that only a sampled (REINFORCE) gradient uses must keep their neutral value,
     # so that a comparison never reports a method under settings it silently ignored.
     neutral = {
-      "estimator.baseline": (baseline, objectives.Baseline.NONE),
+      "estimator.baseline": (baseline, BaselineKind.NONE),
       "estimator.num_samples": (num_samples, 1),
-      "estimator.reward": (credit, objectives.Credit.PER_STEP),
+      "estimator.reward": (credit, CreditAssignment.PER_STEP),
       "estimator.mix_probability": (mix_probability, 0.0),
     }
     for path, (value, expected) in neutral.items():
-      shown = value.value if isinstance(value, enum.Enum) else value
-      shown_expected = expected.value if isinstance(expected, enum.Enum) else expected
+      shown = value.value if isinstance(value, Choice) else value
+      shown_expected = expected.value if isinstance(expected, Choice) else expected
       _require(
         value == expected,
         f"config.{path}={shown!r} only applies to model.attention='hard' with "
@@ -310,7 +295,7 @@ def _objective_config(read: _Reader, attention: Attention) -> objectives.Objecti
         f"expected {shown_expected!r}.",
       )
   _require(
-    baseline is not objectives.Baseline.RLOO or num_samples >= 2,
+    baseline is not BaselineKind.RLOO or num_samples >= 2,
     f"config.estimator.baseline='rloo' needs estimator.num_samples >= 2, got {num_samples}.",
   )
   return objectives.ObjectiveConfig(
@@ -406,11 +391,11 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
   seed = _number("seed", read("seed"), int, low=0)
   task = _task(read)
   train = _train_config(read)
-  attention = _choice("model.attention", read("model.attention"), Attention)
+  attention = _choice("model.attention", read("model.attention"), AttentionKind)
   objective = _objective_config(read, attention)
-  learned = objective.baseline is objectives.Baseline.LEARNED
+  learned = objective.baseline is BaselineKind.LEARNED
   model = _model_config(read, attention, task, learned)
-  eval_choice = _choice("model.eval_mode", read("model.eval_mode"), EvalChoice)
+  eval_mode = _eval_mode(read("model.eval_mode"), attention, model)
   optimizer = _optimizer_config(read, train.steps)
 
   if objective.needs_enumeration:
@@ -427,7 +412,7 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
     # attending to earlier steps' states, carries z_t into later steps.
     local = isinstance(model, modules.RNNConfig) and model.feedback is not Feedback.SAMPLED
     _require(
-      objective.credit is objectives.Credit.REWARD_TO_GO or local,
+      objective.credit is not CreditAssignment.PER_STEP or local,
       "config.estimator.reward='per_step' is biased when the sample at step t affects later "
       "steps (model.rnn.feedback='sampled' or model.family='transformer'); use "
       "estimator.reward='reward_to_go'.",
@@ -439,21 +424,28 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
     task=task,
     attention=attention,
     model=model,
-    eval_mode=_eval_mode(eval_choice, attention, model),
+    eval_mode=eval_mode,
     objective=objective,
     optimizer=optimizer,
     train=train,
   )
 
 
-def _eval_mode(choice: EvalChoice, attention: Attention, model: Any) -> EvalMode:
-  """``auto``: a model whose training forward pass uses one position (hard, the marginal's
+def _eval_mode(value: Any, attention: AttentionKind, model: Any) -> EvalMode:
+  """``config.model.eval_mode`` as an :class:`EvalMode`.
+
+  ``auto``: a model whose training forward pass uses one position (hard, the marginal's
   latent choice, straight-through Gumbel) decodes with the argmax position; the others with
-  the expected context of their own normaliser (softmax, sparsemax, entmax-1.5)."""
-  if choice is not EvalChoice.AUTO:
-    return EvalMode(choice.value)
-  if attention in (Attention.HARD, Attention.MARGINAL):
+  the expected context of their own normaliser (softmax, sparsemax, entmax-1.5).
+  """
+  if value != AUTO_EVAL_MODE:
+    try:
+      return EvalMode.parse(value)
+    except ValueError:
+      valid = [AUTO_EVAL_MODE, *EvalMode.values()]
+      raise ConfigError(enums.invalid_choice("config.model.eval_mode", value, valid)) from None
+  if attention in (AttentionKind.HARD, AttentionKind.MARGINAL):
     return EvalMode.ARGMAX
-  if attention is Attention.GUMBEL and getattr(model, "straight_through", False):
+  if attention is AttentionKind.GUMBEL and getattr(model, "straight_through", False):
     return EvalMode.ARGMAX
   return EvalMode.SOFT

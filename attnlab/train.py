@@ -393,7 +393,7 @@ def _stochastic_gradient(run: config_lib.RunConfig) -> bool:
   """Whether the training gradient is random (REINFORCE samples, Gumbel noise)."""
   return (
     run.objective.objective is objectives.Objective.REINFORCE
-    or run.attention is config_lib.Attention.GUMBEL
+    or run.attention is modules.AttentionKind.GUMBEL
   )
 
 

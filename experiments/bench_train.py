@@ -48,7 +48,7 @@ import optax
 from absl import app, flags
 
 from attnlab import config as config_lib
-from attnlab import modules, objectives, tasks
+from attnlab import estimators, modules, objectives, tasks
 from configs import default as default_config
 
 # Longest / shortest compile time allowed for the scan-based RNN (issue 6).
@@ -276,7 +276,7 @@ def build(name: str, length: int, settings: Settings) -> Bench:
   run = run_config(case, length, settings.batch_size, settings.preset)
   batch_size, seed = settings.batch_size, settings.seed
   if case.drop_soft_logits and (
-    run.objective.baseline is objectives.Baseline.SOFT or run.objective.mix_probability > 0
+    run.objective.baseline is estimators.BaselineKind.SOFT or run.objective.mix_probability > 0
   ):
     raise ValueError(f"case {name!r}: soft_logits are needed by the soft baseline / mixing.")
   model = modules.build_model(run.model)

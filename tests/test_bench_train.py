@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from attnlab import objectives
+from attnlab import estimators, objectives
 from experiments import bench_train
 
 _TOY = bench_train.Settings(batch_size=2, preset="smoke", warmup=1, blocks=2, steps_per_block=1)
@@ -22,7 +22,7 @@ def test_run_config_uses_default_sizes_and_lengths():
   assert run.task.max_input_len("train") == 48
   assert run.objective.objective is objectives.Objective.REINFORCE
   assert run.objective.num_samples == 1
-  assert run.objective.baseline is objectives.Baseline.NONE
+  assert run.objective.baseline is estimators.BaselineKind.NONE
   from configs import default
 
   rnn = default.get_config().model.rnn

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from attnlab import config as config_lib
-from attnlab import modules, objectives
+from attnlab import estimators, modules, objectives
 from configs import compare as compare_config
 from configs import default as default_config
 
@@ -71,7 +71,7 @@ def test_every_compare_method_and_task_parses(preset):
       "gumbel",
       "soft",
     ),
-    ({"model.attention": "marginal"}, Objective.MARGINAL, "soft", "argmax"),
+    ({"model.attention": "marginal"}, Objective.MARGINAL, "marginal", "argmax"),
     (
       {"model.attention": "hard", "estimator.gradient": "enumerate"},
       Objective.HARD_ENUM,
@@ -111,8 +111,8 @@ def test_estimator_settings_reach_the_objective_config():
     _set(config, key, value)
   run = config_lib.parse_config(config)
   cfg = run.objective
-  assert cfg.baseline is objectives.Baseline.LEARNED
-  assert cfg.credit is objectives.Credit.REWARD_TO_GO
+  assert cfg.baseline is estimators.BaselineKind.LEARNED
+  assert cfg.credit is estimators.CreditAssignment.REWARD_TO_GO
   assert (cfg.num_samples, cfg.entropy_coef, cfg.mix_probability) == (3, 0.002, 0.5)
   assert cfg.mix_scope.value == "per_batch"
   assert run.model.learned_baseline  # Derived: a learned baseline needs the value head.

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attnlab import multihead, scores
-from attnlab.modules.attend import Attended, Selection, attend, resolve_spec
+from attnlab.modules.attend import Attended, attend, resolve_spec
 from attnlab.modules.kinds import AttentionKind, EvalMode, ScoreKind
 
 _SCORE_FNS = {
@@ -274,7 +274,7 @@ class MultiHeadAttention(nn.Module):
     )
     out_BxTxF = out_proj(out.context)
     expected_BxTxF = (
-      out_BxTxF if spec.selection is Selection.EXPECTED else out_proj(out.expected_context)
+      out_BxTxF if spec.selection is EvalMode.SOFT else out_proj(out.expected_context)
     )
     aux = AttentionAux(out.weights, out.index, out.log_prob, out.entropy, expected_BxTxF)
     return out_BxTxF, aux

@@ -13,6 +13,9 @@ class AttentionKind(Choice):
   GUMBEL = "gumbel"  # Gumbel-softmax relaxed sample (optionally straight-through).
   SPARSEMAX = "sparsemax"  # sparsemax weights, expected context.
   ENTMAX15 = "entmax15"  # entmax-1.5 weights, expected context.
+  # Softmax weights, expected context: the alignment distribution that the exact marginal
+  # likelihood enumerates (objective "marginal"); the layer itself computes what SOFT does.
+  MARGINAL = "marginal"
 
 
 class ScoreKind(Choice):
@@ -47,10 +50,12 @@ class ValueSource(Choice):
 
 
 class EvalMode(Choice):
-  """Evaluation-time attention, independent of the training kind.
+  """How a context is read from the attention distribution (``config.model.eval_mode``).
 
-  All three use the trained model's distribution over positions (softmax for soft, hard and
-  Gumbel models; sparsemax / entmax-1.5 for those kinds).
+  At evaluation, any of the three overrides the training kind and keeps the trained model's
+  distribution over positions (softmax for soft, hard and Gumbel models; sparsemax /
+  entmax-1.5 for those kinds). Training kinds resolve to one as well (hard: ``SAMPLE``;
+  Gumbel: a relaxed ``SAMPLE``): see :class:`attnlab.modules.AttentionSpec`.
   """
 
   SOFT = "soft"  # expected context.
