@@ -47,8 +47,9 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from attnlab import config as config_lib
-from attnlab import estimators, modules, objectives, tasks
+from attnlab import estimators, modules, tasks
+from attnlab.training import config as config_lib
+from attnlab.training import objectives
 from configs import default as default_config
 
 # Longest / shortest compile time allowed for the scan-based RNN (issue 6).

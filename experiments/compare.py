@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attnlab import compare
+from attnlab.sweep import run as compare
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Comparison config file (configs/compare.py[:preset]).", lock_config=True

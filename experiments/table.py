@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from attnlab import table
+from attnlab.sweep import table
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory written by experiments.compare.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Also rewrite DIR/plots/<task>.png.")

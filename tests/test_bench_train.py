@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from attnlab import estimators, objectives
+from attnlab import estimators
+from attnlab.training import objectives
 from experiments import bench_train
 
 _TOY = bench_train.Settings(batch_size=2, preset="smoke", warmup=1, blocks=2, steps_per_block=1)

@@ -1,4 +1,4 @@
-"""Tests for attnlab.compare and configs/compare.py: grid, resume, failure isolation, checks."""
+"""Tests for attnlab.sweep (plan, run) and configs/compare.py: grid, resume, failures, checks."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from attnlab import compare, table
+from attnlab.sweep import plan, run, table
 from configs import compare as compare_config
 
 _PROGRESS = re.compile(
@@ -16,7 +16,7 @@ _PROGRESS = re.compile(
 
 
 class FakeTrain:
-  """Stands in for attnlab.train.train_seeds: writes what the trainer writes, records calls."""
+  """Stands in for attnlab.training.loop.train_seeds: writes what it writes, records calls."""
 
   def __init__(self, fail_on=()):
     self.calls = []
@@ -53,7 +53,7 @@ def _smoke():
 
 def _run(config, workdir, train_fn, **kw):
   lines = []
-  report = compare.run_comparison(config, str(workdir), train_fn=train_fn, log=lines.append, **kw)
+  report = run.run_comparison(config, str(workdir), train_fn=train_fn, log=lines.append, **kw)
   return report, lines
 
 
@@ -186,12 +186,12 @@ def test_bad_overrides_fail_before_training_naming_them(tmp_path):
   config = _smoke()
   config.methods.reinforce_ema.estimator.baseline = "emma"  # invalid value.
   with pytest.raises(ValueError, match=r"copy/reinforce_ema: .*'emma'.*valid choices"):
-    compare.plan(config, str(tmp_path))
+    plan.plan(config, str(tmp_path))
   config = _smoke()
   with pytest.raises(ValueError, match=r"method 'x': unknown config key 'model.atention'; valid"):
-    compare.apply_overrides(config.base, {"model": {"atention": "hard"}}, where="method 'x'")
+    plan.apply_overrides(config.base, {"model": {"atention": "hard"}}, where="method 'x'")
   with pytest.raises(ValueError, match=r"bad value 'many' for 'estimator.num_samples'"):
-    compare.apply_overrides(config.base, {"estimator": {"num_samples": "many"}}, where="m")
+    plan.apply_overrides(config.base, {"estimator": {"num_samples": "many"}}, where="m")
   with pytest.raises(ValueError, match=r"unknown compare preset 'huge'; valid presets"):
     compare_config.get_config("huge")
   with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; valid methods"):
@@ -200,18 +200,18 @@ def test_bad_overrides_fail_before_training_naming_them(tmp_path):
 
 def test_run_config_layers_task_and_method_overrides():
   config = compare_config.get_config("default")
-  run = compare.run_config(config, "sort", "reinforce_rloo4")
+  run = plan.run_config(config, "sort", "reinforce_rloo4")
   assert (run.task, run.model.attention, run.estimator.baseline) == ("sort", "hard", "rloo")
   assert run.estimator.num_samples == 4 and run.model.score == config.base.model.score
   assert config.base.model.attention == "soft"  # the base is not modified.
-  assert compare.nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-  assert dict(compare.flatten({"a": {"b": 1, "c": {}}, "d": 3})) == {"a.b": 1, "a.c": {}, "d": 3}
+  assert plan.nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+  assert dict(plan.flatten({"a": {"b": 1, "c": {}}, "d": 3})) == {"a.b": 1, "a.c": {}, "d": 3}
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "full", "default:marginal,gumbel_st"])
 def test_every_preset_plans_valid_run_configs(tmp_path, arg):
   config = compare_config.get_config(arg)
-  groups = compare.plan(config, str(tmp_path))  # parse_config on every run config.
+  groups = plan.plan(config, str(tmp_path))  # parse_config on every run config.
   assert len(groups) == len(config.tasks) * len(config.method_names)
   assert all(g.pending == tuple(config.seeds) for g in groups)
   if arg is None:
@@ -221,7 +221,7 @@ def test_every_preset_plans_valid_run_configs(tmp_path, arg):
 def test_measure_seed_speedup_trains_vmapped_then_one_seed_at_a_time(tmp_path):
   config = _smoke()
   fake = FakeTrain()
-  result = compare.measure_seed_speedup(
+  result = run.measure_seed_speedup(
     config, str(tmp_path), task="reverse", method="reinforce_ema", train_fn=fake, log=print
   )
   assert fake.calls == [
@@ -234,15 +234,15 @@ def test_measure_seed_speedup_trains_vmapped_then_one_seed_at_a_time(tmp_path):
   )
   assert result["vmapped_ms_per_step"] == 5.0
   with pytest.raises(ValueError, match="fresh workdir"):
-    compare.measure_seed_speedup(config, str(tmp_path), task="reverse", method="reinforce_ema")
+    run.measure_seed_speedup(config, str(tmp_path), task="reverse", method="reinforce_ema")
 
 
 def test_real_trainer_end_to_end_fills_the_table(tmp_path):
-  """The default train_fn (attnlab.train.train_seeds) on a 1 × 1 × 2 grid."""
+  """The default train_fn (attnlab.training.loop.train_seeds) on a 1 × 1 × 2 grid."""
   config = _smoke()
   config.tasks = ("copy",)
   config.method_names = ("reinforce_ema",)
-  report = compare.run_comparison(config, str(tmp_path), log=print, with_plots=False)
+  report = run.run_comparison(config, str(tmp_path), log=print, with_plots=False)
   assert report.failed == ()
   (row_a, row_b) = _csv_rows(tmp_path)
   assert row_a["status"] == row_b["status"] == "completed"
@@ -280,4 +280,4 @@ def test_num_workers_is_validated(tmp_path):
   config = _smoke()
   config.num_workers = 0
   with pytest.raises(ValueError, match="num_workers=0"):
-    compare.run_comparison(config, str(tmp_path), train_fn=FakeTrain())
+    run.run_comparison(config, str(tmp_path), train_fn=FakeTrain())

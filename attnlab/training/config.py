@@ -34,10 +34,11 @@ from typing import Any
 
 import ml_collections
 
-from attnlab import enums, estimators, modules, objectives, tasks
+from attnlab import enums, estimators, modules, tasks
 from attnlab.enums import Choice
 from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
+from attnlab.training import objectives
 
 
 class ConfigError(ValueError):
@@ -122,13 +123,13 @@ class RunConfig:
   """A parsed, validated run config.
 
   Attributes:
-    seed: the run's seed (:func:`attnlab.train.train_and_evaluate`).
+    seed: the run's seed (:func:`attnlab.training.loop.train_and_evaluate`).
     task: the task instance (``attnlab.tasks.get_task(config.task, **config.task_overrides)``).
     attention: the ``attnlab.modules.AttentionKind`` trained (``MARGINAL``: soft weights,
       trained by the exact marginal likelihood).
     model: ``attnlab.modules.RNNConfig`` or ``TransformerConfig`` ready for ``build_model``.
     eval_mode: the ``EvalMode`` of greedy decoding and the evaluation metrics.
-    objective: ``attnlab.objectives.ObjectiveConfig``.
+    objective: ``attnlab.training.objectives.ObjectiveConfig``.
     optimizer: :class:`OptimizerConfig`.
     train: :class:`TrainConfig`.
   """

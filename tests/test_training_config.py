@@ -7,8 +7,9 @@ import sys
 import ml_collections
 import pytest
 
-from attnlab import config as config_lib
-from attnlab import estimators, modules, objectives
+from attnlab import estimators, modules
+from attnlab.training import config as config_lib
+from attnlab.training import objectives
 from configs import compare as compare_config
 from configs import default as default_config
 

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attnlab import objectives, tasks
+from attnlab import tasks
 from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules import RNNConfig, build_model
-from attnlab.objectives import Objective, ObjectiveConfig
+from attnlab.training import objectives
+from attnlab.training.objectives import Objective, ObjectiveConfig
 
 TASK = tasks.get_task("reverse", train_lengths=(2, 5), ood_lengths=(6, 7))
 

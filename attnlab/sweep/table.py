@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from attnlab import plots
 from attnlab.enums import Choice
+from attnlab.sweep import plots
 
 GRID_JSON = "grid.json"
 RESULTS_CSV = "results.csv"

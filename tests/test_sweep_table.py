@@ -1,4 +1,4 @@
-"""Tests for attnlab.table: run statuses, results.csv, table.md numbers and order, rebuild."""
+"""Tests for attnlab.sweep.table: run statuses, results.csv, table.md numbers and order, rebuild."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from attnlab import table
+from attnlab.sweep import table
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
