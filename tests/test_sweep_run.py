@@ -8,6 +8,7 @@ import re
 import pytest
 
 from attnlab.sweep import plan, run, table
+from attnlab.training import rundir
 from configs import compare as compare_config
 
 _PROGRESS = re.compile(
@@ -29,7 +30,7 @@ class FakeTrain:
     for seed, workdir in zip(seeds, workdirs, strict=True):
       os.makedirs(workdir, exist_ok=True)
       rows = [{"step": s, "val/seq_accuracy": min(1.0, s / (100 + seed))} for s in (50, 100, 150)]
-      with open(os.path.join(workdir, table.METRICS_JSONL), "w") as f:
+      with open(os.path.join(workdir, rundir.METRICS_FILE), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
       summary = {
         "completed": True,
@@ -38,7 +39,7 @@ class FakeTrain:
         "grad/variance@1": 1e-6,
         "ms_per_step": 5.0,
       }
-      with open(os.path.join(workdir, table.SUMMARY_JSON), "w") as f:
+      with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
         json.dump(summary, f)
     return [{}] * len(seeds)
 
@@ -58,7 +59,7 @@ def _run(config, workdir, train_fn, **kw):
 
 
 def _csv_rows(workdir):
-  with open(os.path.join(workdir, table.RESULTS_CSV)) as f:
+  with open(os.path.join(workdir, rundir.RESULTS_FILE)) as f:
     return list(csv.DictReader(f))
 
 
@@ -102,8 +103,8 @@ def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   ]
   assert lines[-1].startswith("runs: 8 trained, 0 skipped (already finished), 0 failed")
   assert sorted(os.path.basename(p) for p in report.plots) == ["copy.png", "reverse.png"]
-  with open(tmp_path / table.GRID_JSON) as f:
-    grid = table.Grid.from_json(f.read())
+  with open(tmp_path / rundir.GRID_FILE) as f:
+    grid = table.Grid.from_dict(json.load(f))
   assert grid.methods == ("soft_additive", "reinforce_ema") and "CPU" in grid.hardware
 
 
@@ -118,7 +119,7 @@ def test_rerun_skips_finished_runs_and_resumes_unfinished_seeds(tmp_path):
   assert lines[-1].startswith("runs: 0 trained, 8 skipped")
   # An interrupted seed (no completed summary) is the only one retrained.
   os.remove(
-    os.path.join(table.run_dir(str(tmp_path), "reverse", "soft_additive", 1), "summary.json")
+    os.path.join(rundir.run_dir(str(tmp_path), "reverse", "soft_additive", 1), "summary.json")
   )
   fake = FakeTrain()
   report, lines = _run(config, tmp_path, fake, with_plots=False)
@@ -140,7 +141,7 @@ def test_failing_group_is_reported_and_the_rest_still_runs(tmp_path):
   assert "FAILED: RuntimeError: injected failure on copy" in lines[0]
   assert "failed: copy/soft_additive: RuntimeError: injected failure on copy" in lines[-1]
   assert "4 trained, 0 skipped (already finished), 4 failed" in lines[-1]
-  error_path = os.path.join(table.group_dir(str(tmp_path), "copy", "soft_additive"), "error.txt")
+  error_path = os.path.join(rundir.group_dir(str(tmp_path), "copy", "soft_additive"), "error.txt")
   with open(error_path) as f:
     assert "Traceback" in f.read()
   statuses = [(r["task"], r["status"], r["error"]) for r in _csv_rows(tmp_path)]
@@ -179,7 +180,7 @@ def test_bad_grid_fails_before_training(tmp_path, field, value, message):
   fake = FakeTrain()
   with pytest.raises(ValueError, match=message):
     _run(config, tmp_path, fake)
-  assert fake.calls == [] and not os.path.exists(tmp_path / table.RESULTS_CSV)
+  assert fake.calls == [] and not os.path.exists(tmp_path / rundir.RESULTS_FILE)
 
 
 def test_bad_overrides_fail_before_training_naming_them(tmp_path):

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from attnlab.sweep import table
+from attnlab.training import rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +189,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
       if validate:
         validate_run_config(run, task, method)
       pending = tuple(
-        s for s in grid.seeds if not table.is_finished(table.run_dir(workdir, task, method, s))
+        s for s in grid.seeds if not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
       )
       groups.append(Group(task, method, grid.seeds, pending, run))
   return groups

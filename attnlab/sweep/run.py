@@ -29,6 +29,7 @@ import ml_collections
 
 from attnlab.sweep import table
 from attnlab.sweep.plan import Group, grid_of, plan, run_config, validate_run_config
+from attnlab.training import rundir
 
 # train_seeds(run_config, seeds, workdirs) -> per-seed summaries
 # (attnlab.training.loop.train_seeds).
@@ -100,32 +101,28 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _train_group(group: Group, workdir: str, train_fn: TrainFn) -> None:
-  dirs = [table.run_dir(workdir, group.task, group.method, s) for s in group.pending]
+  dirs = [rundir.run_dir(workdir, group.task, group.method, s) for s in group.pending]
   for d in dirs:
     os.makedirs(d, exist_ok=True)
   train_fn(group.config, list(group.pending), dirs)
-  unfinished = [s for s, d in zip(group.pending, dirs, strict=True) if not table.is_finished(d)]
+  unfinished = [s for s, d in zip(group.pending, dirs, strict=True) if not rundir.is_finished(d)]
   if unfinished:
     raise RuntimeError(
-      f"training returned but seed(s) {unfinished} have no {table.SUMMARY_JSON} with "
-      "completed: true."
+      f"training returned but seed(s) {unfinished} have no {rundir.SUMMARY_FILE} with "
+      f"{rundir.COMPLETED_KEY}: true."
     )
 
 
 def _run_group(group: Group, workdir: str, train_fn: TrainFn) -> GroupResult:
   """Trains one group, catching its failure into the result (runs in a worker process too)."""
-  error_path = os.path.join(table.group_dir(workdir, group.task, group.method), table.ERROR_TXT)
-  if os.path.exists(error_path):
-    os.remove(error_path)  # A stale failure from an earlier attempt: this one decides.
+  rundir.clear_error(workdir, group.task, group.method)  # A stale failure: this attempt decides.
   t0 = time.perf_counter()
   try:
     _train_group(group, workdir, train_fn)
     status, error = "completed", ""
   except Exception as e:  # noqa: BLE001 - isolate the failure, report it, go on.
     status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-    os.makedirs(os.path.dirname(error_path), exist_ok=True)
-    with open(error_path, "w") as f:
-      f.write(traceback.format_exc())
+    rundir.write_error(workdir, group.task, group.method, traceback.format_exc())
   seconds = time.perf_counter() - t0
   return GroupResult(group.task, group.method, group.pending, status, seconds, error)
 
@@ -181,8 +178,7 @@ def run_comparison(
   grid = dataclasses.replace(
     grid_of(config), hardware=table.hardware_description(), eval_mode=_eval_mode(config)
   )
-  with open(os.path.join(workdir, table.GRID_JSON), "w") as f:
-    f.write(grid.to_json())
+  table.write_grid(workdir, grid)
 
   total = sum(len(g.seeds) for g in groups)
   done = total - sum(len(g.pending) for g in groups)
@@ -212,7 +208,7 @@ def run_comparison(
     )
     if result.status == "failed":
       error_path = os.path.join(
-        table.group_dir(workdir, result.task, result.method), table.ERROR_TXT
+        rundir.group_dir(workdir, result.task, result.method), rundir.ERROR_FILE
       )
       line += f" FAILED: {result.error} (traceback in {error_path})"
     log(line)
@@ -281,7 +277,7 @@ def measure_seed_speedup(
     name: [os.path.join(workdir, name, f"seed_{s}") for s in seeds]
     for name in ("vmapped", "sequential")
   }
-  finished = [d for ds in dirs.values() for d in ds if table.is_finished(d)]
+  finished = [d for ds in dirs.values() for d in ds if rundir.is_finished(d)]
   if finished:
     raise ValueError(f"measure_seed_speedup needs a fresh workdir; finished runs in {finished}.")
   t0 = time.perf_counter()
@@ -293,7 +289,7 @@ def measure_seed_speedup(
   sequential = time.perf_counter() - t0
 
   def ms_per_step(ds: list[str]) -> float:
-    values = [(table.read_summary(d) or {}).get("ms_per_step") for d in ds]
+    values = [(rundir.read_summary(d) or {}).get("ms_per_step") for d in ds]
     values = [v for v in values if isinstance(v, (int, float))]
     return sum(values) / len(values) if values else float("nan")
 

@@ -30,8 +30,47 @@ from attnlab.training.step import CompiledRun, Stream, TrainState
 
 _log = logging.getLogger(__name__)
 
-# Validation accuracies whose first crossing the summary reports (steps and seconds).
-THRESHOLDS = (0.9, 0.99)
+
+class Progress:
+  """Logs ``step i/n``, steps/s over the last interval, and an ETA from the running rate.
+
+  The rate counts training steps only (``add_steps``), so evaluation pauses do not inflate
+  it; the ETA uses the mean rate since the first logged step.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, name: str = "train"):
+    self.total_steps = total_steps
+    self.name = name
+    self._step = start_step
+    self._seconds = 0.0
+    self._steps = 0
+
+  def add_steps(self, num_steps: int, seconds: float | None) -> None:
+    """Counts ``num_steps`` done in ``seconds`` (None: untimed, e.g. a compiling step)."""
+    self._step += num_steps
+    if seconds is not None:
+      self._steps += num_steps
+      self._seconds += seconds
+
+  @property
+  def steps_per_second(self) -> float:
+    return self._steps / self._seconds if self._seconds > 0 else float("nan")
+
+  def eta_seconds(self) -> float:
+    rate = self.steps_per_second
+    return (self.total_steps - self._step) / rate if rate > 0 else float("nan")
+
+  def log(self, extra: Mapping[str, Any] | None = None) -> str:
+    parts = [
+      f"{self.name} step {self._step}/{self.total_steps}",
+      f"{self.steps_per_second:.1f} steps/s",
+      f"ETA {self.eta_seconds():.1f} s",
+    ]
+    for key, value in (extra or {}).items():
+      parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    line = " | ".join(parts)
+    _log.info(line)
+    return line
 
 
 def _stochastic_gradient(run: config_lib.RunConfig) -> bool:
@@ -49,11 +88,8 @@ def _seed_config_dict(config: ml_collections.ConfigDict, seed: int) -> dict[str,
 
 
 def _check_same_config(workdir: str, config_dict: dict[str, Any]) -> None:
-  path = os.path.join(workdir, rundir.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  saved = rundir.read_json(path)
-  if saved != config_dict:
+  saved = rundir.read_config(workdir)
+  if saved is not None and saved != config_dict:
     changed = sorted(k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k))
     raise ValueError(
       f"{workdir} holds a run of a different config (top-level keys {changed} differ); "
@@ -66,16 +102,13 @@ def _summary(
 ) -> dict[str, Any]:
   rows = history["rows"]
   summary = {k: v for k, v in (rows[-1] if rows else {}).items() if not k.startswith("grad/")}
-  for threshold in THRESHOLDS:
-    key = "val/seq_accuracy"
-    summary[f"steps_to_val_seq_acc_{threshold}"] = rundir.first_step_reaching(rows, key, threshold)
-    summary[f"seconds_to_val_seq_acc_{threshold}"] = rundir.first_step_reaching(
-      rows, key, threshold, at="train_seconds"
-    )
+  summary.update(rundir.threshold_entries(rows))
   for row in rows:
-    summary.update({f"{k}@{row['step']}": v for k, v in row.items() if k.startswith("grad/")})
+    summary.update(
+      {rundir.probe_key(k, row["step"]): v for k, v in row.items() if k.startswith("grad/")}
+    )
   summary.update(
-    completed=True,
+    {rundir.COMPLETED_KEY: True},
     seed=seed,
     steps=run.train.steps,
     task=run.task.name,
@@ -99,7 +132,7 @@ def _raise_if_bad(state: TrainState, seeds, workdirs, last_saved: int | None) ->
   metric = step_lib.BAD_METRIC_NAMES[int(np.asarray(state.bad_metric)[i])]
   kept = (
     f"the last good checkpoint is step {last_saved} in "
-    f"{os.path.join(workdirs[i], checkpoints.CHECKPOINT_DIR)}"
+    f"{os.path.join(workdirs[i], rundir.CHECKPOINTS_DIR)}"
     if last_saved is not None
     else "no checkpoint had been saved yet"
   )
@@ -172,12 +205,11 @@ def train_seeds(
   for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
     os.makedirs(workdir, exist_ok=True)
     _check_same_config(workdir, config_dict)
-  summaries = [rundir.read_summary(w) for w in workdirs]
-  if all(s is not None and s.get("completed") for s in summaries):
+  if all(rundir.is_finished(w) for w in workdirs):
     _log.info("already completed, not retrained: %s", workdirs)
-    return summaries
+    return [rundir.read_summary(w) for w in workdirs]
   for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
-    rundir.write_json(os.path.join(workdir, rundir.CONFIG_FILE), config_dict)
+    rundir.write_config(workdir, config_dict)
 
   compiled = step_lib.compile_run(run, loss_fn)
   checkpointers = [checkpoints.RunCheckpointer(w, run.train.keep_checkpoints) for w in workdirs]
@@ -214,7 +246,7 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
 
   eval_steps = set(train_cfg.eval_steps())
   schedule = step_lib.learning_rate_schedule(run.optimizer, train_cfg.steps)
-  progress = rundir.Progress(train_cfg.steps, start, name=f"{task.name}/{run.attention.value}")
+  progress = Progress(train_cfg.steps, start, name=f"{task.name}/{run.attention.value}")
   train_seconds, timed_steps = histories[0]["train_seconds"], histories[0]["timed_steps"]
   # Steps since the last sync / since the last evaluation, and that interval's seconds.
   pending_steps, interval_steps, interval_seconds = 0, 0, 0.0
@@ -276,7 +308,7 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   for i, (seed, workdir) in enumerate(zip(seeds, workdirs, strict=True)):
     _write_figures(run, compiled.eval_data.batch, workdir, histories[i]["rows"], maps, i)
     summary = _summary(run, seed, histories[i], len(seeds))
-    rundir.write_json(os.path.join(workdir, rundir.SUMMARY_FILE), summary)
+    rundir.write_summary(workdir, summary)
     summaries.append(summary)
   return summaries
 
@@ -322,7 +354,7 @@ def _write_figures(run, eval_batch, workdir, rows, maps, i):
     weights, index = maps
     n = weights.shape[1]
     plots.plot_attention_heatmaps(
-      os.path.join(workdir, "heatmaps.png"),
+      os.path.join(workdir, rundir.HEATMAPS_FILE),
       weights[i],
       np.asarray(eval_batch.alignment[:n]),
       np.asarray(eval_batch.inputs[:n]),
@@ -333,7 +365,7 @@ def _write_figures(run, eval_batch, workdir, rows, maps, i):
       title=title,
     )
   if rows:
-    plots.plot_learning_curve(os.path.join(workdir, "learning_curve.png"), rows, title=title)
+    plots.plot_learning_curve(os.path.join(workdir, rundir.LEARNING_CURVE_FILE), rows, title=title)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
