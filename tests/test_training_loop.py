@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from attnlab.training import checkpoints, loop, rundir, step
+from attnlab.training import checkpoints, loop, overrides, rundir, step
 from attnlab.training import config as config_lib
 from configs import default as default_config
 
@@ -21,21 +21,18 @@ from configs import default as default_config
 STEPS, EVAL_EVERY, CHECKPOINT_EVERY = 8, 2, 4
 
 
-def _config(**overrides):
-  config = default_config.get_config("smoke")
-  config.model.attention = "hard"
-  config.estimator.baseline = "ema"
-  config.steps = STEPS
-  config.eval_every = EVAL_EVERY
-  config.checkpoint_every = CHECKPOINT_EVERY
-  config.probe_steps = (1,)
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+def _config(**changes):
+  """The smoke preset as a REINFORCE + EMA run, with dotted-key ``changes``."""
+  smoke = default_config.get_config("smoke")
+  run = {
+    "model.attention": "hard",
+    "estimator.baseline": "ema",
+    "steps": STEPS,
+    "eval_every": EVAL_EVERY,
+    "checkpoint_every": CHECKPOINT_EVERY,
+    "probe_steps": (1,),
+  }
+  return overrides.apply_overrides(smoke, {**run, **changes}, where="test")
 
 
 def _untimed(row):

@@ -10,13 +10,13 @@ unknown tasks, method names and override keys, and every run config (via
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import ml_collections
 
 from attnlab.sweep import table
 from attnlab.training import rundir
+from attnlab.training.overrides import apply_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,72 +37,6 @@ class Group:
   seeds: tuple[int, ...]
   pending: tuple[int, ...]
   config: ml_collections.ConfigDict
-
-
-# ---- Overrides --------------------------------------------------------------------------
-
-
-def flatten(node: Mapping | ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple]:
-  """``(dotted_key, value)`` for every leaf of a nested mapping (empty mappings are leaves)."""
-  for key, value in node.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, (Mapping, ml_collections.ConfigDict)) and len(value):
-      yield from flatten(value, f"{path}.")
-    else:
-      yield path, value
-
-
-def nest(overrides: Mapping[str, Any]) -> dict:
-  """``{"model.attention": "hard"}`` -> ``{"model": {"attention": "hard"}}`` (ConfigDicts
-  reject dotted field names, so overrides are stored nested and written dotted)."""
-  nested: dict = {}
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = nested
-    for part in parents:
-      node = node.setdefault(part, {})
-      if not isinstance(node, dict):
-        raise ValueError(f"override {dotted!r} conflicts with a value set at {part!r}.")
-    node[leaf] = value
-  return nested
-
-
-def apply_overrides(
-  base: ml_collections.ConfigDict, overrides: Mapping, *, where: str
-) -> ml_collections.ConfigDict:
-  """A copy of ``base`` with nested ``overrides`` applied; only existing keys may be set.
-
-  Args:
-    base: the run config to copy.
-    overrides: nested mapping (or ConfigDict) of values, e.g. ``{"model": {"score": "dot"}}``.
-    where: what the overrides belong to, for error messages (e.g. ``"method 'soft_dot'"``).
-
-  Returns:
-    The new ConfigDict (``base`` is untouched).
-
-  Raises:
-    ValueError: a key that ``base`` does not have (the message lists the valid keys), or a
-      value of the wrong type for its key.
-  """
-  config = ml_collections.ConfigDict(base.to_dict())
-  valid = sorted(k for k, _ in flatten(base))
-  for dotted, value in flatten(overrides):
-    *parents, leaf = dotted.split(".")
-    node = config
-    try:
-      for part in parents:
-        node = node[part]
-      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise KeyError(dotted)
-    except (KeyError, TypeError):
-      raise ValueError(f"{where}: unknown config key {dotted!r}; valid keys: {valid}.") from None
-    if isinstance(value, ml_collections.ConfigDict):
-      value = value.to_dict()
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise ValueError(f"{where}: bad value {value!r} for {dotted!r}: {e}") from None
-  return config
 
 
 # ---- Planning ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ the marginal enumerates, and no sample is drawn.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -38,7 +38,7 @@ from attnlab import enums, estimators, modules, tasks
 from attnlab.enums import Choice
 from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
-from attnlab.training import objectives
+from attnlab.training import objectives, overrides
 
 
 class ConfigError(ValueError):
@@ -162,16 +162,7 @@ class _Reader:
     return node
 
   def unread(self) -> list[str]:
-    return sorted(p for p in _leaf_paths(self._config) if not _covered(p, self.read))
-
-
-def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
-  for key, value in node.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, ml_collections.ConfigDict) and len(value):
-      yield from _leaf_paths(value, f"{path}.")
-    else:
-      yield path
+    return sorted(p for p, _ in overrides.flatten(self._config) if not _covered(p, self.read))
 
 
 def _covered(path: str, read: set[str]) -> bool:
