@@ -150,7 +150,7 @@ def dot_product_attention(
   References:
     Vaswani et al. 2017; Dao et al., "FlashAttention", NeurIPS 2022.
   """
-  batch, q_len, heads, k_len = multihead._check_layout(q, k, v, mask)
+  batch, q_len, heads, k_len = multihead.check_layout(q, k, v, mask)
   if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
     raise TypeError(f"attention masks must be boolean (True = attend), got dtype {mask.dtype}.")
   backend = jax.default_backend() if backend is None else backend

@@ -83,15 +83,15 @@ def attend_heads(
     :class:`Attended` with ``context``/``expected_context`` ``[B, T, H, Dv]``, ``weights``
     ``[B, H, T, S]`` and ``index``/``log_prob``/``entropy`` ``[B, H, T]``.
   """
-  batch, _, heads, _ = multihead._check_layout(q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask)
-  keys = multihead._head_keys(key if spec.needs_key else None, batch, heads)
+  batch, _, heads, _ = multihead.check_layout(q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask)
+  keys = multihead.head_keys(key if spec.needs_key else None, batch, heads)
 
   def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, head_key):
     fn = score_fn if params is None else functools.partial(score_fn, **params)
     return attention_fn(head_key, q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, spec=spec)
 
   out_axes = Attended(1, 1, 0, 0, 0, 0)
-  return multihead._vmap_heads_and_batch(
+  return multihead.vmap_heads_and_batch(
     per_head, q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask, score_params, keys, out_axes
   )
 

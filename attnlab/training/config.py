@@ -161,6 +161,14 @@ class _Reader:
     self.read.add(path)
     return node
 
+  def choice(self, path: str, enum_cls: type[Choice]) -> Any:
+    """The member of ``enum_cls`` named at ``path``."""
+    return _choice(path, self(path), enum_cls)
+
+  def number(self, path: str, kind: type, *, low=None, high=None) -> Any:
+    """The ``kind`` (int or float) at ``path``, within ``[low, high]``."""
+    return _number(path, self(path), kind, low=low, high=high)
+
   def unread(self) -> list[str]:
     return sorted(p for p, _ in overrides.flatten(self._config) if not _covered(p, self.read))
 
@@ -198,8 +206,8 @@ _DERIVED_MODEL_FIELDS = (
 
 
 def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: bool):
-  family = _choice("model.family", read("model.family"), Family)
-  score = _choice("model.score", read("model.score"), ScoreKind)
+  family = read.choice("model.family", Family)
+  score = read.choice("model.score", ScoreKind)
   config_cls = {Family.RNN: modules.RNNConfig, Family.TRANSFORMER: modules.TransformerConfig}
   # Both families' sections are part of the schema; only the chosen one is used.
   sections = {Family.RNN: "model.rnn", Family.TRANSFORMER: "model.transformer"}
@@ -242,20 +250,19 @@ def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: b
 
 
 def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.ObjectiveConfig:
-  gradient = _choice("estimator.gradient", read("estimator.gradient"), Gradient)
-  baseline = _choice("estimator.baseline", read("estimator.baseline"), BaselineKind)
-  credit = _choice("estimator.reward", read("estimator.reward"), CreditAssignment)
-  mix_scope = _choice("estimator.mix_scope", read("estimator.mix_scope"), estimators.MixScope)
-  num_samples = _number("estimator.num_samples", read("estimator.num_samples"), int, low=1)
-  entropy_coef = _number("estimator.entropy_coef", read("estimator.entropy_coef"), float, low=0)
-  mix_probability = _number(
-    "estimator.mix_probability", read("estimator.mix_probability"), float, low=0, high=1
+  gradient = read.choice("estimator.gradient", Gradient)
+  settings = dict(
+    baseline=read.choice("estimator.baseline", BaselineKind),
+    credit=read.choice("estimator.reward", CreditAssignment),
+    mix_scope=read.choice("estimator.mix_scope", estimators.MixScope),
+    num_samples=read.number("estimator.num_samples", int, low=1),
+    entropy_coef=read.number("estimator.entropy_coef", float, low=0),
+    mix_probability=read.number("estimator.mix_probability", float, low=0, high=1),
+    ema_decay=read.number("estimator.ema_decay", float, low=0, high=1),
+    baseline_loss_coef=read.number("estimator.baseline_loss_coef", float, low=0),
   )
-  ema_decay = _number("estimator.ema_decay", read("estimator.ema_decay"), float, low=0, high=1)
+  ema_decay = settings["ema_decay"]
   _require(ema_decay < 1, f"config.estimator.ema_decay={ema_decay!r} is invalid; expected < 1.")
-  baseline_loss_coef = _number(
-    "estimator.baseline_loss_coef", read("estimator.baseline_loss_coef"), float, low=0
-  )
 
   if attention is AttentionKind.HARD:
     objective = (
@@ -272,12 +279,13 @@ def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.Obj
     # Settings that only a sampled (REINFORCE) gradient uses must keep their neutral value,
     # so that a comparison never reports a method under settings it silently ignored.
     neutral = {
-      "estimator.baseline": (baseline, BaselineKind.NONE),
-      "estimator.num_samples": (num_samples, 1),
-      "estimator.reward": (credit, CreditAssignment.PER_STEP),
-      "estimator.mix_probability": (mix_probability, 0.0),
+      "estimator.baseline": ("baseline", BaselineKind.NONE),
+      "estimator.num_samples": ("num_samples", 1),
+      "estimator.reward": ("credit", CreditAssignment.PER_STEP),
+      "estimator.mix_probability": ("mix_probability", 0.0),
     }
-    for path, (value, expected) in neutral.items():
+    for path, (field, expected) in neutral.items():
+      value = settings[field]
       shown = value.value if isinstance(value, Choice) else value
       shown_expected = expected.value if isinstance(expected, Choice) else expected
       _require(
@@ -286,84 +294,65 @@ def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.Obj
         f"estimator.gradient='reinforce' (objective here: {objective.value!r}); "
         f"expected {shown_expected!r}.",
       )
+  num_samples = settings["num_samples"]
   _require(
-    baseline is not BaselineKind.RLOO or num_samples >= 2,
+    settings["baseline"] is not BaselineKind.RLOO or num_samples >= 2,
     f"config.estimator.baseline='rloo' needs estimator.num_samples >= 2, got {num_samples}.",
   )
-  return objectives.ObjectiveConfig(
-    objective=objective,
-    baseline=baseline,
-    num_samples=num_samples,
-    credit=credit,
-    entropy_coef=entropy_coef,
-    mix_probability=mix_probability,
-    mix_scope=mix_scope,
-    ema_decay=ema_decay,
-    baseline_loss_coef=baseline_loss_coef,
-  )
+  return objectives.ObjectiveConfig(objective=objective, **settings)
 
 
 def _optimizer_config(read: _Reader, steps: int) -> OptimizerConfig:
-  name = _choice("optimizer.name", read("optimizer.name"), OptimizerName)
-  weight_decay = _number("optimizer.weight_decay", read("optimizer.weight_decay"), float, low=0)
+  name = read.choice("optimizer.name", OptimizerName)
+  weight_decay = read.number("optimizer.weight_decay", float, low=0)
   _require(
     name is OptimizerName.ADAMW or weight_decay == 0,
     f"config.optimizer.weight_decay={weight_decay!r} needs optimizer.name='adamw'.",
   )
   return OptimizerConfig(
     name=name,
-    learning_rate=_number(
-      "optimizer.learning_rate", read("optimizer.learning_rate"), float, low=1e-12
-    ),
-    warmup_steps=_number(
-      "optimizer.warmup_steps", read("optimizer.warmup_steps"), int, low=0, high=steps
-    ),
-    final_lr_fraction=_number(
-      "optimizer.final_lr_fraction", read("optimizer.final_lr_fraction"), float, low=0, high=1
-    ),
+    learning_rate=read.number("optimizer.learning_rate", float, low=1e-12),
+    warmup_steps=read.number("optimizer.warmup_steps", int, low=0, high=steps),
+    final_lr_fraction=read.number("optimizer.final_lr_fraction", float, low=0, high=1),
     weight_decay=weight_decay,
-    grad_clip_norm=_number(
-      "optimizer.grad_clip_norm", read("optimizer.grad_clip_norm"), float, low=0
-    ),
+    grad_clip_norm=read.number("optimizer.grad_clip_norm", float, low=0),
   )
 
 
+# TrainConfig's integer fields and their lowest values (see configs/default.py for each).
+_TRAIN_INT_LOWEST = dict(
+    batch_size=1, eval_every=1, eval_size=1, eval_seed=0, log_every=1, checkpoint_every=1,
+    keep_checkpoints=1, probe_every=0, probe_samples=2, probe_batch_size=1, probe_seed=0,
+    num_heatmaps=0, nan_at_step=-1,
+)  # fmt: skip
+# Config keys of the TrainConfig fields whose key is not the field name.
+_TRAIN_KEYS = {"nan_at_step": "debug.nan_at_step"}
+
+
 def _train_config(read: _Reader) -> TrainConfig:
-  steps = _number("steps", read("steps"), int, low=1)
+  steps = read.number("steps", int, low=1)
   probe_steps = read("probe_steps")
   if not isinstance(probe_steps, (list, tuple)):
     raise ConfigError(f"config.probe_steps={probe_steps!r} is invalid; expected a tuple of ints.")
   probe_steps = tuple(
     sorted({_number("probe_steps", s, int, low=1, high=steps) for s in probe_steps})
   )
-  return TrainConfig(
-    steps=steps,
-    batch_size=_number("batch_size", read("batch_size"), int, low=1),
-    eval_every=_number("eval_every", read("eval_every"), int, low=1),
-    eval_size=_number("eval_size", read("eval_size"), int, low=1),
-    eval_seed=_number("eval_seed", read("eval_seed"), int, low=0),
-    log_every=_number("log_every", read("log_every"), int, low=1),
-    checkpoint_every=_number("checkpoint_every", read("checkpoint_every"), int, low=1),
-    keep_checkpoints=_number("keep_checkpoints", read("keep_checkpoints"), int, low=1),
-    probe_steps=probe_steps,
-    probe_every=_number("probe_every", read("probe_every"), int, low=0),
-    probe_samples=_number("probe_samples", read("probe_samples"), int, low=2),
-    probe_batch_size=_number("probe_batch_size", read("probe_batch_size"), int, low=1),
-    probe_seed=_number("probe_seed", read("probe_seed"), int, low=0),
-    num_heatmaps=_number("num_heatmaps", read("num_heatmaps"), int, low=0),
-    nan_at_step=_number("debug.nan_at_step", read("debug.nan_at_step"), int, low=-1),
-  )
+  ints = {
+    field: read.number(_TRAIN_KEYS.get(field, field), int, low=low)
+    for field, low in _TRAIN_INT_LOWEST.items()
+  }
+  return TrainConfig(steps=steps, probe_steps=probe_steps, **ints)
 
 
 def _task(read: _Reader):
   name = read("task")
-  overrides = read("task_overrides")
-  overrides = dict(overrides.items()) if overrides is not None else {}
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  fields = read("task_overrides")
+  fields = dict(fields.items()) if fields is not None else {}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   try:
-    return tasks.get_task(name, **overrides)
+    return tasks.get_task(name, **fields)
   except (TypeError, ValueError) as e:
-    raise ConfigError(f"config.task={name!r} / config.task_overrides={overrides!r}: {e}") from e
+    raise ConfigError(f"config.task={name!r} / config.task_overrides={fields!r}: {e}") from e
 
 
 def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
@@ -380,10 +369,10 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
       setting does not apply to the chosen method; the message names key, value and choices.
   """
   read = _Reader(config)
-  seed = _number("seed", read("seed"), int, low=0)
+  seed = read.number("seed", int, low=0)
   task = _task(read)
   train = _train_config(read)
-  attention = _choice("model.attention", read("model.attention"), AttentionKind)
+  attention = read.choice("model.attention", AttentionKind)
   objective = _objective_config(read, attention)
   learned = objective.baseline is BaselineKind.LEARNED
   model = _model_config(read, attention, task, learned)
@@ -411,16 +400,7 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
     )
   unread = read.unread()
   _require(not unread, f"unknown config key(s) {unread} (see configs/default.py).")
-  return RunConfig(
-    seed=seed,
-    task=task,
-    attention=attention,
-    model=model,
-    eval_mode=eval_mode,
-    objective=objective,
-    optimizer=optimizer,
-    train=train,
-  )
+  return RunConfig(seed, task, attention, model, eval_mode, objective, optimizer, train)
 
 
 def _eval_mode(value: Any, attention: AttentionKind, model: Any) -> EvalMode:

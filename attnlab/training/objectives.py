@@ -36,10 +36,10 @@ from attnlab.modules.outputs import Seq2SeqOutput
 class Objective(Choice):
   """What the loss optimises (see the module docstring)."""
 
-  SOFT = "soft"
-  MARGINAL = "marginal"
-  HARD_ENUM = "hard_enum"
-  REINFORCE = "reinforce"
+  SOFT = "soft"  # token NLL of the model's own (soft, sparse, relaxed) context.
+  MARGINAL = "marginal"  # exact marginal likelihood, by enumerating the alignments.
+  HARD_ENUM = "hard_enum"  # hard attention's Jensen bound with its exact gradient.
+  REINFORCE = "reinforce"  # the same bound, its gradient estimated from K samples.
 
 
 @dataclasses.dataclass(frozen=True)

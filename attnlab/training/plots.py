@@ -72,50 +72,13 @@ def _token_labels(tokens: np.ndarray, token_names: Mapping[int, str] | None) -> 
   return [names.get(int(t), str(int(t))) for t in tokens]
 
 
-def plot_attention_heatmaps(
-  path: str | os.PathLike,
-  weights_NxTxS,
-  gold_NxT,
-  inputs_NxS,
-  targets_NxT,
-  sampled_index_NxT=None,
-  input_lengths=None,
-  target_lengths=None,
-  *,
-  token_names: Mapping[int, str] | None = None,
-  title: str | None = None,
-) -> str:
-  """Draws one attention heatmap per example, gold alignment and sampled positions overlaid.
-
-  Row ``t`` of panel ``n`` is the attention distribution of target step ``t`` over the source
-  positions (``weights_NxTxS[n, t]``, colour scale fixed to [0, 1] so panels compare). An open
-  square marks the gold source position ``gold_NxT[n, t]`` (skipped where it is ``< 0``, i.e.
-  undefined, e.g. at EOS); a cross marks the position a hard-attention model sampled
-  (``sampled_index_NxT``). Axes are labelled with the tokens, cropped to the true lengths.
-
-  Args:
-    path: output image file (``.png``/``.pdf``/``.svg``); parent directories are created.
-    weights_NxTxS: ``[N, T, S]`` attention weights (or sampling probabilities).
-    gold_NxT: ``[N, T]`` int gold source position per target step, ``-1`` where undefined.
-    inputs_NxS: ``[N, S]`` int source tokens.
-    targets_NxT: ``[N, T]`` int target tokens.
-    sampled_index_NxT: optional ``[N, T]`` int positions chosen by hard attention.
-    input_lengths: optional ``[N]`` source lengths (columns shown); default ``S``.
-    target_lengths: optional ``[N]`` target lengths incl. EOS (rows shown); default ``T``.
-    token_names: optional map token id -> label (e.g. ``{2: "</s>"}``); default: the id.
-    title: optional figure title.
+def plot_attention_heatmaps(path: str | os.PathLike, *args, **kwargs) -> str:
+  """Draws :func:`attention_heatmaps_figure` (same arguments after ``path``) into ``path``.
 
   Returns:
-    ``path`` as a string.
-
-  Raises:
-    ValueError: on inconsistent ranks, shapes or lengths (before anything is drawn).
+    ``path`` as a string (``.png``/``.pdf``/``.svg``; parent directories are created).
   """
-  fig = attention_heatmaps_figure(
-      weights_NxTxS, gold_NxT, inputs_NxS, targets_NxT, sampled_index_NxT, input_lengths,
-      target_lengths, token_names=token_names, title=title,
-  )  # fmt: skip
-  return save_figure(fig, path)
+  return save_figure(attention_heatmaps_figure(*args, **kwargs), path)
 
 
 def attention_heatmaps_figure(
@@ -130,7 +93,31 @@ def attention_heatmaps_figure(
   token_names: Mapping[int, str] | None = None,
   title: str | None = None,
 ) -> Figure:
-  """The unsaved figure of :func:`plot_attention_heatmaps` (same arguments but ``path``)."""
+  """Draws one attention heatmap per example, gold alignment and sampled positions overlaid.
+
+  Row ``t`` of panel ``n`` is the attention distribution of target step ``t`` over the source
+  positions (``weights_NxTxS[n, t]``, colour scale fixed to [0, 1] so panels compare). An open
+  square marks the gold source position ``gold_NxT[n, t]`` (skipped where it is ``< 0``, i.e.
+  undefined, e.g. at EOS); a cross marks the position a hard-attention model sampled
+  (``sampled_index_NxT``). Axes are labelled with the tokens, cropped to the true lengths.
+
+  Args:
+    weights_NxTxS: ``[N, T, S]`` attention weights (or sampling probabilities).
+    gold_NxT: ``[N, T]`` int gold source position per target step, ``-1`` where undefined.
+    inputs_NxS: ``[N, S]`` int source tokens.
+    targets_NxT: ``[N, T]`` int target tokens.
+    sampled_index_NxT: optional ``[N, T]`` int positions chosen by hard attention.
+    input_lengths: optional ``[N]`` source lengths (columns shown); default ``S``.
+    target_lengths: optional ``[N]`` target lengths incl. EOS (rows shown); default ``T``.
+    token_names: optional map token id -> label (e.g. ``{2: "</s>"}``); default: the id.
+    title: optional figure title.
+
+  Returns:
+    The unsaved :class:`matplotlib.figure.Figure` (see :func:`plot_attention_heatmaps`).
+
+  Raises:
+    ValueError: on inconsistent ranks, shapes or lengths (before anything is drawn).
+  """
   weights = np.asarray(weights_NxTxS, dtype=np.float32)
   if weights.ndim != 3:
     raise ValueError(f"weights_NxTxS must have rank 3 [N, T, S]; got shape {weights.shape}.")
