@@ -6,8 +6,9 @@ Layers, from the bottom up:
   * :func:`soft_attention`, :func:`hard_attention` (one head, one example) and their
     batched multi-head forms; :mod:`attnlab.efficient` (chunked, linear, local, dispatch).
   * :mod:`attnlab.estimators`: score-function estimators, baselines, enumeration.
-  * :mod:`attnlab.modules` (Flax Linen), :mod:`attnlab.tasks`, :mod:`attnlab.metrics`,
-    :mod:`attnlab.objectives`, :mod:`attnlab.train`.
+  * :mod:`attnlab.modules` (Flax Linen), :mod:`attnlab.tasks`, :mod:`attnlab.metrics`.
+  * :mod:`attnlab.training` (config, objectives, step, loop, checkpoints, run directory) and
+    :mod:`attnlab.sweep` (plan, run, table, plots): the experiment machinery, imported on use.
 """
 
 from attnlab import efficient, estimators, masks, normalizers, scores, sparse_normalizers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import chex
@@ -11,23 +10,15 @@ import jax.numpy as jnp
 
 from attnlab import masks as masks_lib
 from attnlab import normalizers, scores
+from attnlab.enums import Choice
 from attnlab.soft import ScoreFn
 
 
-class HardMode(enum.Enum):
+class HardMode(Choice):
   """How :func:`hard_attention` picks a position."""
 
   SAMPLE = "sample"  # z ~ Categorical(probs): the stochastic layer REINFORCE trains.
   ARGMAX = "argmax"  # z = argmax probs: deterministic evaluation.
-
-  @classmethod
-  def parse(cls, mode: str | HardMode) -> HardMode:
-    if isinstance(mode, cls):
-      return mode
-    valid = [m.value for m in cls]
-    if mode not in valid:
-      raise ValueError(f"unknown hard-attention mode {mode!r}; valid modes: {valid}.")
-    return cls(mode)
 
 
 class HardAttentionOutput(NamedTuple):
@@ -108,7 +99,7 @@ def hard_attention(
     Xu et al., "Show, Attend and Tell", ICML 2015; Deng et al., "Latent Alignment and
     Variational Attention", NeurIPS 2018.
   """
-  mode = HardMode.parse(mode)
+  mode = HardMode.parse(mode, name="mode")
   chex.assert_rank([q, k, v], 2)
   if k.shape[0] != v.shape[0]:
     raise ValueError(f"keys and values need the same length: k {k.shape}, v {v.shape}.")

@@ -22,7 +22,21 @@ import jax.numpy as jnp
 from attnlab import hard, normalizers, scores, soft
 
 
-def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
+def check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
+  """Checks the multi-head layout of ``q``, ``k``, ``v`` and a rank-4 mask.
+
+  Args:
+    q: ``[B, T, H, Dk]``.
+    k: ``[B, S, H, Dk]``.
+    v: ``[B, S, H, Dv]``.
+    mask: ``None`` or bool broadcastable to ``[B, H, T, S]`` with rank 4.
+
+  Returns:
+    ``(B, T, H, S)``.
+
+  Raises:
+    ValueError: ranks or sizes that disagree.
+  """
   for name, x in (("q", q), ("k", k), ("v", v)):
     if x.ndim != 4:
       raise ValueError(f"{name} must be [batch, time, heads, dim], got shape {x.shape}.")
@@ -53,12 +67,29 @@ def _mask_axes(mask) -> tuple[Any, Any, Any]:
   return jnp.squeeze(mask, squeeze), batch_axis, head_axis
 
 
-def _head_keys(key, batch: int, heads: int):
+def head_keys(key, batch: int, heads: int):
+  """``key`` split into ``[batch, heads]`` keys, one per attention head (``None`` stays)."""
   return None if key is None else jax.random.split(key, (batch, heads))
 
 
-def _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, head_out_axes):
-  """vmap(per_head) over heads (axis 2 of q/k/v) then batch (axis 0)."""
+def vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, head_out_axes):
+  """``vmap(per_head)`` over heads (axis 2 of q/k/v), then over the batch (axis 0).
+
+  Args:
+    per_head: ``(q [T, Dk], k [S, Dk], v [S, Dv], mask [T|1, S] | None, params, key)`` -> a
+      pytree, the function of one head and one example.
+    q: ``[B, T, H, Dk]``.
+    k: ``[B, S, H, Dk]``.
+    v: ``[B, S, H, Dv]``.
+    mask: ``None`` or bool broadcastable to ``[B, H, T, S]`` with rank 4 (size-1 axes are not
+      materialised).
+    score_params: ``None`` or per-head parameters with a leading ``[H]`` axis.
+    keys: ``None`` or ``[B, H]`` keys (:func:`head_keys`).
+    head_out_axes: where the head axis goes in each output of ``per_head``.
+
+  Returns:
+    ``per_head``'s outputs with a leading batch axis and the head axis at ``head_out_axes``.
+  """
   mask, mask_b, mask_h = _mask_axes(mask)
   key_axis = None if keys is None else 0
   over_heads = jax.vmap(
@@ -103,8 +134,8 @@ def multi_head_soft_attention(
   Returns:
     ``(context [B, T, H, Dv], weights [B, H, T, S])``. Fully masked queries give zeros.
   """
-  batch, _, heads, _ = _check_layout(q, k, v, mask)
-  keys = _head_keys(dropout_key if dropout_rate > 0.0 else None, batch, heads)
+  batch, _, heads, _ = check_layout(q, k, v, mask)
+  keys = head_keys(dropout_key if dropout_rate > 0.0 else None, batch, heads)
 
   def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, key):
     fn = score_fn if params is None else functools.partial(score_fn, **params)
@@ -113,7 +144,7 @@ def multi_head_soft_attention(
         dropout_rate=dropout_rate, dropout_key=key,
     )  # fmt: skip
 
-  return _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, (1, 0))
+  return vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, (1, 0))
 
 
 def multi_head_hard_attention(
@@ -148,8 +179,8 @@ def multi_head_hard_attention(
   mode = hard.HardMode.parse(mode)
   if mode is hard.HardMode.SAMPLE and key is None:
     raise ValueError('multi_head_hard_attention(mode="sample") needs a PRNG key.')
-  batch, _, heads, _ = _check_layout(q, k, v, mask)
-  keys = _head_keys(key if mode is hard.HardMode.SAMPLE else None, batch, heads)
+  batch, _, heads, _ = check_layout(q, k, v, mask)
+  keys = head_keys(key if mode is hard.HardMode.SAMPLE else None, batch, heads)
 
   def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, head_key):
     fn = score_fn if params is None else functools.partial(score_fn, **params)
@@ -159,4 +190,4 @@ def multi_head_hard_attention(
     )  # fmt: skip
 
   out_axes = hard.HardAttentionOutput(1, 0, 0, 0, 0, 0)
-  return _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, out_axes)
+  return vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, out_axes)

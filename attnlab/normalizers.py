@@ -22,14 +22,23 @@ import jax
 import jax.numpy as jnp
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
-  # float16/bfloat16 are widened to float32; float64 (x64 mode) keeps its precision.
-  return jnp.promote_types(dtype, jnp.float32)
+def scaled_logits(scores: chex.Array, temperature: float) -> chex.Array:
+  """``scores / temperature`` in at least float32: what every normaliser here normalises.
 
+  Args:
+    scores: any float dtype; float16/bfloat16 are widened to float32, float64 (x64 mode)
+      keeps its precision.
+    temperature: ``τ > 0`` (checked when it is a Python number).
 
-def _check_temperature(temperature: float) -> None:
+  Returns:
+    The scaled scores.
+
+  Raises:
+    ValueError: a Python ``temperature <= 0``.
+  """
   if isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")
+  return scores.astype(jnp.promote_types(scores.dtype, jnp.float32)) / temperature
 
 
 def masked_log_softmax(
@@ -47,8 +56,7 @@ def masked_log_softmax(
     log-softmax at unmasked keys and 0 at masked keys and in fully masked rows (never ``-inf``);
     ``valid [..., Tk]`` bool, ``True`` where the key is unmasked.
   """
-  _check_temperature(temperature)
-  logits = scores.astype(_compute_dtype(scores.dtype)) / temperature
+  logits = scaled_logits(scores, temperature)
   if mask is None:
     return jax.nn.log_softmax(logits, axis=-1), jnp.ones(logits.shape, bool)
   # The max is a constant shift: no gradient through it, and a finite value for empty rows.
@@ -80,8 +88,7 @@ def softmax(
     weights of the shape and dtype of ``scores``.
   """
   if mask is None:
-    _check_temperature(temperature)
-    logits = scores.astype(_compute_dtype(scores.dtype)) / temperature
+    logits = scaled_logits(scores, temperature)
     weights = jax.nn.softmax(logits, axis=-1)
   else:
     log_probs, valid = masked_log_softmax(scores, mask, temperature=temperature)

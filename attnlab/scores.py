@@ -52,11 +52,10 @@ def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
   """Scaled dot-product score ``q kᵀ / sqrt(D)`` (Vaswani et al. 2017).
 
   Args:
-    q: queries ``[Tq, D]``.
-    k: keys ``[Tk, D]``.
+    q, k: as in :func:`dot` (queries ``[Tq, D]``, keys ``[Tk, D]``).
 
   Returns:
-    ``scores [Tq, Tk]`` in float32.
+    ``scores [Tq, Tk]``: :func:`dot`'s divided by ``sqrt(D)``, in float32.
 
   References:
     Vaswani et al., "Attention Is All You Need", NeurIPS 2017.

@@ -103,7 +103,7 @@ def _entmax15_jvp(primals, tangents):
 
 
 def _apply(core, scores: chex.Array, mask: chex.Array | None, temperature: float):
-  normalizers._check_temperature(temperature)
+  z = normalizers.scaled_logits(scores, temperature)
   if mask is None:
     mask = jnp.ones(scores.shape, bool)
   else:
@@ -117,7 +117,6 @@ def _apply(core, scores: chex.Array, mask: chex.Array | None, temperature: float
         f"got dtype {mask.dtype} and shape {mask.shape}."
       )
     mask = jnp.broadcast_to(mask, scores.shape)
-  z = scores.astype(normalizers._compute_dtype(scores.dtype)) / temperature
   return core(z, mask).astype(scores.dtype)
 
 
@@ -160,13 +159,11 @@ def entmax15(
   ``s = sqrt(weights)``, ``J v = s∘v - (s·v / Σs) s``.
 
   Args:
-    scores: ``[..., Tk]`` scores, any float dtype.
-    mask: bool, same shape as ``scores``; ``True`` = may attend. ``None`` = all keys.
-    temperature: ``τ > 0`` dividing the scores.
+    scores, mask, temperature: as in :func:`sparsemax`.
 
   Returns:
-    weights of the shape and dtype of ``scores``: exactly 0 off the support, at masked keys
-    and in fully masked rows; summing to 1 over each row with an unmasked key.
+    weights as those of :func:`sparsemax` (a support at least as large): the shape and dtype
+    of ``scores``, exactly 0 off the support, at masked keys and in fully masked rows.
 
   References:
     Peters, Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019 (Algorithm 2).

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from attnlab.training import overrides
 from configs import default as default_config
 
 # Every method the comparison knows: name -> overrides of the base run config (dotted keys;
@@ -144,18 +145,6 @@ PRESETS = {
 }
 
 
-def _nested(overrides: dict) -> dict:
-  """Dotted keys -> nested dicts: ConfigDict field names cannot contain dots."""
-  nested: dict = {}
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = nested
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return nested
-
-
 def _parse_arg(arg: str | None) -> tuple[str, tuple[str, ...] | None]:
   preset, _, methods = (arg or "default").partition(":")
   if preset not in PRESETS:
@@ -177,19 +166,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The run config every (task, method) starts from: configs/default.py (or its preset),
   # with this preset's overrides. `task` is set per task; the seed per run.
   base = default_config.get_config(preset["base_preset"])
-  for dotted, value in preset["base"].items():
-    node = base
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  config.base = base
+  config.base = overrides.apply_overrides(base, preset["base"], where=f"preset {preset_name!r}")
   # Task names (attnlab.tasks.TASKS), in table order.
   config.tasks = tuple(preset["tasks"])
   # Per-task overrides of the run config (dotted keys nested), e.g. more steps for one task.
   config.task_overrides = ml_collections.ConfigDict()
   # Every known method: name -> overrides of the run config (nested dicts of dotted keys).
-  config.methods = ml_collections.ConfigDict({k: _nested(v) for k, v in METHODS.items()})
+  config.methods = ml_collections.ConfigDict({k: overrides.nest(v) for k, v in METHODS.items()})
   # Which of `methods` run, in table order (unknown names fail at start-up).
   config.method_names = tuple(selected or preset["methods"])
   # Seeds of every (task, method); all seeds of a group train together, vmapped.

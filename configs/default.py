@@ -1,8 +1,9 @@
 r"""One training run: task, model, attention method, estimator, optimiser, loop.
 
 Every attention method shares this schema; a method is a few overrides (see
-``configs/compare.py``). Keys are read by :func:`attnlab.config.parse_config`, which rejects
-missing, unknown and inapplicable keys at start-up with a message naming key, value and choices.
+``configs/compare.py``). Keys are read by :func:`attnlab.training.config.parse_config`, which
+rejects missing, unknown and inapplicable keys at start-up with a message naming key, value and
+choices.
 
 Run (presets: ``default``, ``smoke``, ``transformer``)::
 

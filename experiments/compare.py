@@ -10,14 +10,14 @@ Flags only: everything else is in the config (see configs/compare.py).
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attnlab import compare
+from attnlab.sweep import run as compare
+from attnlab.training import rundir
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Comparison config file (configs/compare.py[:preset]).", lock_config=True
@@ -64,8 +64,7 @@ def main(argv):
         _CONFIG.value, workdir, task=_SPEEDUP_TASK.value, method=_SPEEDUP_METHOD.value,
         log=print,
     )  # fmt: skip
-    with open(os.path.join(workdir, "speedup.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    rundir.write_json(os.path.join(workdir, rundir.SPEEDUP_FILE), result)
     return
   report = compare.run_comparison(_CONFIG.value, workdir, log=print)
   if report.failed:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from attnlab import table
+from attnlab.sweep import table
+from attnlab.training import rundir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory written by experiments.compare.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Also rewrite DIR/plots/<task>.png.")
@@ -18,7 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   rebuilt = table.rebuild(_WORKDIR.value, with_plots=_PLOTS.value)
-  completed = sum(r["status"] == table.RunStatus.COMPLETED.value for r in rebuilt.rows)
+  completed = sum(r["status"] == rundir.RunStatus.COMPLETED.value for r in rebuilt.rows)
   print(f"{completed}/{len(rebuilt.rows)} runs completed")
   for path in (rebuilt.results_csv, rebuilt.table_md, *rebuilt.plots):
     print(path)

@@ -3,7 +3,8 @@ r"""Trains one run from a config file; re-running on the same workdir resumes it
   python -m experiments.train --config=configs/default.py[:preset] --workdir=DIR \
     [--config.key=value ...]
 
-Only parses flags: the library (:func:`attnlab.train.train_and_evaluate`) never reads them.
+Only parses flags: the library (:func:`attnlab.training.loop.train_and_evaluate`) never reads
+them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attnlab import train
+from attnlab.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Run config file, e.g. configs/default.py:smoke.", lock_config=True
@@ -28,7 +29,7 @@ def main(argv):
   # attnlab's progress lines at INFO; orbax's per-save chatter (absl INFO) stays quiet.
   logging.set_verbosity(logging.WARNING)
   py_logging.getLogger("attnlab").setLevel(py_logging.INFO)
-  summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   keys = ("test/seq_accuracy", "ood/seq_accuracy", "val/alignment_accuracy", "ms_per_step")
   logging.warning("done: %s", {k: summary.get(k) for k in keys})
 

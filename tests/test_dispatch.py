@@ -139,7 +139,9 @@ def test_automatic_choice_is_returned_and_matches_choose_implementation():
 
 def test_bad_overrides_are_explained():
   q, k, v, dense, _ = _inputs()
-  with pytest.raises(ValueError, match="valid: 'cudnn', 'xla', 'soft', 'chunked'"):
+  with pytest.raises(
+    ValueError, match=r"'flash' is invalid; valid choices: \['cudnn', 'xla', 'soft'"
+  ):
     dispatch.dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="needs a GPU backend"):
     dispatch.dot_product_attention(q, k, v, implementation="cudnn", backend="cpu")

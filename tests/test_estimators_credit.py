@@ -54,7 +54,7 @@ def test_assign_credit(credit, expected_row0):
 
 
 def test_errors_name_the_bad_value():
-  with pytest.raises(ValueError, match="valid: .*reward_to_go"):
+  with pytest.raises(ValueError, match="credit='future' is invalid; valid choices: .*reward_to_go"):
     est.assign_credit(REWARDS_BxT[0], MASK_BxT[0], "future")
   with pytest.raises(TypeError, match="boolean"):
     est.reward_to_go(REWARDS_BxT[0], jnp.ones(5))

@@ -63,7 +63,7 @@ def test_gradient_reaches_only_the_selected_branch():
 
 def test_errors_name_the_bad_value():
   key = jax.random.key(0)
-  with pytest.raises(ValueError, match="valid scopes: .*per_example"):
+  with pytest.raises(ValueError, match="scope='per_image' is invalid; .*per_example"):
     est.mix_with_expectation(key, SAMPLED, EXPECTED, 0.5, "per_image")
   with pytest.raises(ValueError, match="probability"):
     est.mix_with_expectation(key, SAMPLED, EXPECTED, 1.5, "per_batch")

@@ -9,6 +9,7 @@ from attnlab import sparse_normalizers
 from attnlab.modules import (
   Attention,
   AttentionKind,
+  AttentionSpec,
   EvalMode,
   Feedback,
   MultiHeadAttention,
@@ -16,7 +17,7 @@ from attnlab.modules import (
   attend,
   resolve_spec,
 )
-from attnlab.modules.attend import Distribution, Selection
+from attnlab.modules.attend import Distribution
 
 KEY = jax.random.key(0)
 B, T, S, D = 2, 3, 5, 4
@@ -27,33 +28,45 @@ LENGTHS = jnp.array([5, 3])
 MASK = jnp.arange(S)[None, :] < LENGTHS[:, None]  # [B, S]
 
 
-def test_enum_parse_errors_list_valid_names():
+def test_enum_parse_errors_list_valid_choices():
   assert AttentionKind.parse("entmax15") is AttentionKind.ENTMAX15
   assert Feedback.parse(Feedback.NONE) is Feedback.NONE
   with pytest.raises(
     ValueError, match=r"'bahdanau'.*\['dot', 'scaled_dot', 'general', 'additive'\]"
   ):
     ScoreKind.parse("bahdanau")
-  with pytest.raises(ValueError, match="valid names"):
+  with pytest.raises(ValueError, match="valid choices"):
     resolve_spec("soft", "greedy")
 
 
 @pytest.mark.parametrize(
   "kind, override, expected",
   [
-    ("soft", None, (Distribution.SOFTMAX, Selection.EXPECTED)),
-    ("hard", None, (Distribution.SOFTMAX, Selection.SAMPLE)),
-    ("hard", EvalMode.SOFT, (Distribution.SOFTMAX, Selection.EXPECTED)),
-    ("hard", "argmax", (Distribution.SOFTMAX, Selection.ARGMAX)),
-    ("sparsemax", "soft", (Distribution.SPARSEMAX, Selection.EXPECTED)),
-    ("entmax15", "sample", (Distribution.ENTMAX15, Selection.SAMPLE)),
-    ("soft", "gumbel", (Distribution.SOFTMAX, Selection.GUMBEL)),
-    ("gumbel", AttentionKind.HARD, (Distribution.SOFTMAX, Selection.SAMPLE)),
+    ("soft", None, (Distribution.SOFTMAX, EvalMode.SOFT, False)),
+    ("marginal", None, (Distribution.SOFTMAX, EvalMode.SOFT, False)),
+    ("hard", None, (Distribution.SOFTMAX, EvalMode.SAMPLE, False)),
+    ("hard", EvalMode.SOFT, (Distribution.SOFTMAX, EvalMode.SOFT, False)),
+    ("hard", "argmax", (Distribution.SOFTMAX, EvalMode.ARGMAX, False)),
+    ("sparsemax", "soft", (Distribution.SPARSEMAX, EvalMode.SOFT, False)),
+    ("entmax15", "sample", (Distribution.ENTMAX15, EvalMode.SAMPLE, False)),
+    ("soft", "gumbel", (Distribution.SOFTMAX, EvalMode.SAMPLE, True)),
+    ("gumbel", None, (Distribution.SOFTMAX, EvalMode.SAMPLE, True)),
+    ("gumbel", "sample", (Distribution.SOFTMAX, EvalMode.SAMPLE, False)),
+    ("gumbel", AttentionKind.HARD, (Distribution.SOFTMAX, EvalMode.SAMPLE, False)),
   ],
 )
 def test_resolve_spec(kind, override, expected):
   spec = resolve_spec(kind, override)
-  assert (spec.distribution, spec.selection) == expected
+  assert (spec.distribution, spec.selection, spec.relaxed) == expected
+  assert spec.is_hard == (spec.selection is not EvalMode.SOFT and not spec.relaxed)
+  assert spec.needs_key == (spec.selection is EvalMode.SAMPLE)
+
+
+def test_relaxed_selection_needs_a_softmax_sample():
+  with pytest.raises(ValueError, match="relaxed"):
+    AttentionSpec(Distribution.SPARSEMAX, EvalMode.SAMPLE, relaxed=True)
+  with pytest.raises(ValueError, match="relaxed"):
+    AttentionSpec(Distribution.SOFTMAX, EvalMode.ARGMAX, relaxed=True)
 
 
 def _general_reference(q, k, v, w, mask):

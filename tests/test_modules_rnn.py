@@ -232,8 +232,8 @@ def test_lengths_from_eos():
   np.testing.assert_array_equal(lengths_from_eos(tokens, 2), [2, 4, 1])
 
 
-def test_config_errors_list_valid_names():
-  with pytest.raises(ValueError, match=r"valid names: \['soft', 'hard'"):
+def test_config_errors_list_valid_choices():
+  with pytest.raises(ValueError, match=r"'softmax' is invalid; valid choices: \['soft', 'hard'"):
     RNNConfig(vocab_size=5, attention="softmax")
   with pytest.raises(ValueError, match="hidden_dim"):
     RNNConfig(vocab_size=5, hidden_dim=0)

@@ -131,5 +131,5 @@ def test_enumeration_is_refused():
 def test_config_errors():
   with pytest.raises(ValueError, match="divisible"):
     TransformerConfig(vocab_size=5, model_dim=10, num_heads=4)
-  with pytest.raises(ValueError, match="valid names"):
+  with pytest.raises(ValueError, match="valid choices"):
     TransformerConfig(vocab_size=5, score="cosine")

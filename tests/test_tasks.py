@@ -76,7 +76,7 @@ def test_unknown_override_is_named():
     ("copy", dict(num_symbols=0), "num_symbols"),
     ("copy", dict(train_lengths=5), "pair"),
     ("recall", dict(ood_pairs=(9, 17)), "ood_pairs"),
-    ("addition", dict(gold_operand="both"), "valid values"),
+    ("addition", dict(gold_operand="both"), "gold_operand='both' is invalid; valid choices"),
     ("sort", dict(val_fraction=0.6, test_fraction=0.5), "val_fraction"),
   ],
 )

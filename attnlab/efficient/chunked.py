@@ -301,7 +301,7 @@ def multi_head_chunked_attention(
   Returns:
     ``(context [B, T, H, Dv], logsumexp [B, H, T])``.
   """
-  multihead._check_layout(q, k, v, mask)
+  multihead.check_layout(q, k, v, mask)
 
   def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, key):
     del params, key
@@ -310,4 +310,4 @@ def multi_head_chunked_attention(
         scale=scale, block_q=block_q, block_k=block_k,
     )  # fmt: skip
 
-  return multihead._vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))
+  return multihead.vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))

@@ -19,7 +19,6 @@ produce one.
 from __future__ import annotations
 
 import dataclasses
-import enum
 
 import chex
 import jax
@@ -28,12 +27,13 @@ import jax.numpy as jnp
 from attnlab import masks as masks_lib
 from attnlab import multihead
 from attnlab.efficient import chunked
+from attnlab.enums import Choice
 
 _CUDNN_DTYPES = ("bfloat16", "float16")
 _GPU_BACKENDS = ("gpu", "cuda")
 
 
-class Implementation(enum.Enum):
+class Implementation(Choice):
   """Available implementations of :func:`dot_product_attention`."""
 
   CUDNN = "cudnn"  # jax.nn.dot_product_attention(implementation="cudnn"); GPU only.
@@ -41,18 +41,8 @@ class Implementation(enum.Enum):
   SOFT = "soft"  # attnlab.multi_head_soft_attention (materialises the scores).
   CHUNKED = "chunked"  # attnlab.efficient.multi_head_chunked_attention (O(T) memory).
 
-  @classmethod
-  def parse(cls, value: str | Implementation) -> Implementation:
-    if isinstance(value, cls):
-      return value
-    try:
-      return cls(value)
-    except ValueError:
-      valid = ", ".join(repr(m.value) for m in cls)
-      raise ValueError(f"unknown attention implementation {value!r}; valid: {valid}.") from None
 
-
-class MaskKind(enum.Enum):
+class MaskKind(Choice):
   """What constrains which keys a query sees."""
 
   NONE = "none"
@@ -160,7 +150,7 @@ def dot_product_attention(
   References:
     Vaswani et al. 2017; Dao et al., "FlashAttention", NeurIPS 2022.
   """
-  batch, q_len, heads, k_len = multihead._check_layout(q, k, v, mask)
+  batch, q_len, heads, k_len = multihead.check_layout(q, k, v, mask)
   if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
     raise TypeError(f"attention masks must be boolean (True = attend), got dtype {mask.dtype}.")
   backend = jax.default_backend() if backend is None else backend

@@ -34,7 +34,8 @@ def elu_plus_one(x: chex.Array) -> chex.Array:
   return jax.nn.elu(x) + 1.0
 
 
-def _key_padding(mask: chex.Array | None, k_len: int) -> chex.Array | None:
+def key_padding(mask: chex.Array | None, k_len: int) -> chex.Array | None:
+  """A key-padding mask ``[Tk]`` (``[1, Tk]`` accepted), checked; ``None`` stays ``None``."""
   if mask is None:
     return None
   mask = jnp.asarray(mask)
@@ -134,7 +135,7 @@ def linear_attention(
     )
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-  key_valid_K = _key_padding(mask, k.shape[0])
+  key_valid_K = key_padding(mask, k.shape[0])
   phi_q_QxF = feature_map(q.astype(_F32))
   phi_k_KxF = feature_map(k.astype(_F32))
   if key_valid_K is not None:
@@ -163,7 +164,7 @@ def linear_attention_reference(
   O(T²): for tests and for checking a new feature map. Same arguments and returns.
   """
   chex.assert_rank([q, k, v], 2)
-  key_valid_K = _key_padding(mask, k.shape[0])
+  key_valid_K = key_padding(mask, k.shape[0])
   kernel_QxK = jnp.einsum("qf,kf->qk", feature_map(q.astype(_F32)), feature_map(k.astype(_F32)))
   if key_valid_K is not None:
     kernel_QxK = jnp.where(key_valid_K[None, :], kernel_QxK, 0.0)
@@ -196,7 +197,7 @@ def multi_head_linear_attention(
   Returns:
     ``(context [B, T, H, Dv], log_normalizer [B, H, T])``.
   """
-  multihead._check_layout(q, k, v, mask)
+  multihead.check_layout(q, k, v, mask)
   if mask is not None and mask.shape[2] != 1:
     raise ValueError(f"linear attention takes a key-padding mask [B, 1, 1, S], got {mask.shape}.")
 
@@ -206,4 +207,4 @@ def multi_head_linear_attention(
       q_TxD, k_SxD, v_SxD, mask_S, causal=causal, feature_map=feature_map, chunk_size=chunk_size
     )
 
-  return multihead._vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))
+  return multihead.vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))

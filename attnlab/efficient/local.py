@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import multihead
-from attnlab.efficient.linear import _key_padding
+from attnlab.efficient.linear import key_padding
 
 _F32 = jnp.float32
 _NEG = float(jnp.finfo(_F32).min)
@@ -71,7 +71,7 @@ def local_attention(
     raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
   block = min(block_size, q_len)
   span = block + left + right
-  key_valid_K = _key_padding(mask, k_len)
+  key_valid_K = key_padding(mask, k_len)
   scale = depth**-0.5 if scale is None else scale
 
   num_blocks = -(-q_len // block)
@@ -129,7 +129,7 @@ def multi_head_local_attention(
   Returns:
     ``(context [B, T, H, Dv], logsumexp [B, H, T])``.
   """
-  multihead._check_layout(q, k, v, mask)
+  multihead.check_layout(q, k, v, mask)
   if mask is not None and mask.shape[2] != 1:
     raise ValueError(f"local attention takes a key-padding mask [B, 1, 1, S], got {mask.shape}.")
 
@@ -140,4 +140,4 @@ def multi_head_local_attention(
         block_size=block_size,
     )  # fmt: skip
 
-  return multihead._vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))
+  return multihead.vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))

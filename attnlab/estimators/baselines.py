@@ -10,8 +10,8 @@ removes most of the variance. Every baseline here obeys that rule:
     2015 used decay 0.9). Read it *before* updating it with the current batch.
   * ``LEARNED``: ``b = f_ψ(h)``, a value head on sample-independent inputs, regressed on
     the reward with :func:`learned_baseline_loss` (Mnih et al. 2014; Ba et al. 2015).
-  * ``LEAVE_ONE_OUT``: ``K`` samples per example; sample ``k``'s baseline is the mean of
-    the other ``K - 1`` rewards (RLOO, Kool et al. 2019).
+  * ``RLOO`` (leave one out): ``K`` samples per example; sample ``k``'s baseline is the mean
+    of the other ``K - 1`` rewards (Kool et al. 2019).
   * ``SOFT``: the reward of the deterministic soft-attention (expected) context under the
     same decoder (Deng et al. 2018, var-attn).
 
@@ -20,33 +20,25 @@ removes most of the variance. Every baseline here obeys that rule:
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from attnlab.enums import Choice
+
 _F32 = jnp.float32
 
 
-class BaselineKind(enum.Enum):
+class BaselineKind(Choice):
   """The baselines of :func:`select_baseline` (see module docstring)."""
 
   NONE = "none"
   EMA = "ema"
   LEARNED = "learned"
-  LEAVE_ONE_OUT = "leave_one_out"
+  RLOO = "rloo"  # leave one out
   SOFT = "soft"
-
-  @classmethod
-  def parse(cls, kind: str | BaselineKind) -> BaselineKind:
-    if isinstance(kind, cls):
-      return kind
-    valid = [k.value for k in cls]
-    if kind not in valid:
-      raise ValueError(f"unknown baseline {kind!r}; valid baselines: {valid}.")
-    return cls(kind)
 
 
 class EmaBaseline(NamedTuple):
@@ -226,8 +218,8 @@ def select_baseline(
 
   Args:
     kind: a :class:`BaselineKind` or its name (``"none"``, ``"ema"``, ``"learned"``,
-      ``"leave_one_out"``, ``"soft"``).
-    reward: ``[..., T]`` rewards; for ``"leave_one_out"`` the leading axis holds the ``K``
+      ``"rloo"`` (leave one out), ``"soft"``).
+    reward: ``[..., T]`` rewards; for ``"rloo"`` the leading axis holds the ``K``
       samples of each example (``[K, ...]``).
     ema_state: for ``"ema"``: the :class:`EmaBaseline` *before* this batch's update; its
       per-step values are broadcast along the leading axes of ``reward``.
@@ -237,7 +229,7 @@ def select_baseline(
   Returns:
     float32 baseline of ``reward``'s shape, under ``stop_gradient``.
   """
-  kind = BaselineKind.parse(kind)
+  kind = BaselineKind.parse(kind, name="baseline")
   reward = jnp.asarray(reward)
   needed = {
     BaselineKind.EMA: ("ema_state", ema_state),
@@ -248,7 +240,7 @@ def select_baseline(
     raise ValueError(f"baseline {kind.value!r} needs the {needed[kind][0]} argument.")
   if kind is BaselineKind.NONE:
     return jnp.zeros(reward.shape, _F32)
-  if kind is BaselineKind.LEAVE_ONE_OUT:
+  if kind is BaselineKind.RLOO:
     return leave_one_out_baseline(reward)
   if kind is BaselineKind.EMA:
     if reward.ndim < 1:

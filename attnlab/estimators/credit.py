@@ -14,30 +14,21 @@ All three zero the padded steps, whose rewards never reach any step.
 
 from __future__ import annotations
 
-import enum
-
 import chex
 import jax
 import jax.numpy as jnp
 
+from attnlab.enums import Choice
+
 _F32 = jnp.float32
 
 
-class CreditAssignment(enum.Enum):
+class CreditAssignment(Choice):
   """Which reward the score-function term of each step uses (see module docstring)."""
 
   PER_STEP = "per_step"
   REWARD_TO_GO = "reward_to_go"
   TOTAL = "total"
-
-  @classmethod
-  def parse(cls, credit: str | CreditAssignment) -> CreditAssignment:
-    if isinstance(credit, cls):
-      return credit
-    valid = [c.value for c in cls]
-    if credit not in valid:
-      raise ValueError(f"unknown credit assignment {credit!r}; valid: {valid}.")
-    return cls(credit)
 
 
 def _check(rewards_T: chex.Array, mask_T: chex.Array) -> None:
@@ -91,7 +82,7 @@ def assign_credit(
   Returns:
     ``[T]`` float32, 0 at padded steps.
   """
-  credit = CreditAssignment.parse(credit)
+  credit = CreditAssignment.parse(credit, name="credit")
   _check(rewards_T, mask_T)
   rewards_T = jnp.where(mask_T, rewards_T.astype(_F32), 0.0)
   if credit is CreditAssignment.PER_STEP:

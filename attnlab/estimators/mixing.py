@@ -7,27 +7,18 @@ coin per minibatch. Both are available here as an explicit :class:`MixScope`.
 
 from __future__ import annotations
 
-import enum
-
 import chex
 import jax
 import jax.numpy as jnp
 
+from attnlab.enums import Choice
 
-class MixScope(enum.Enum):
+
+class MixScope(Choice):
   """Whether one coin is drawn per example (leading axis) or once for the whole batch."""
 
   PER_EXAMPLE = "per_example"
   PER_BATCH = "per_batch"
-
-  @classmethod
-  def parse(cls, scope: str | MixScope) -> MixScope:
-    if isinstance(scope, cls):
-      return scope
-    valid = [s.value for s in cls]
-    if scope not in valid:
-      raise ValueError(f"unknown mixing scope {scope!r}; valid scopes: {valid}.")
-    return cls(scope)
 
 
 def expectation_mask(
@@ -48,7 +39,7 @@ def expectation_mask(
   Returns:
     bool ``[B]``.
   """
-  scope = MixScope.parse(scope)
+  scope = MixScope.parse(scope, name="scope")
   if isinstance(probability, (int, float)) and not 0.0 <= probability <= 1.0:
     raise ValueError(f"probability must be in [0, 1], got {probability}.")
   if scope is MixScope.PER_EXAMPLE:

@@ -3,8 +3,8 @@
 An attention switch is two independent choices, kept apart in :class:`AttentionSpec`:
 
 * the *distribution* over key positions: softmax, sparsemax or entmax-1.5 of the scores;
-* the *selection* of a context from it: the expectation (soft), a sample or the argmax
-  (hard), or a Gumbel-softmax relaxed sample.
+* the *selection* of a context from it (an :class:`~attnlab.modules.kinds.EvalMode`): the
+  expectation (soft), a sample or the argmax (hard), or a Gumbel-softmax relaxed sample.
 
 Training kinds (:class:`~attnlab.modules.kinds.AttentionKind`) and evaluation modes
 (:class:`~attnlab.modules.kinds.EvalMode`) both resolve to a spec (:func:`resolve_spec`), so
@@ -16,34 +16,25 @@ its argmax" need no special cases. The math is :func:`attnlab.soft_attention` an
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
 import chex
 import jax.numpy as jnp
 
-from attnlab import hard, normalizers
+from attnlab import enums, hard, normalizers
 from attnlab import masks as masks_lib
+from attnlab.enums import Choice
 from attnlab.modules.kinds import AttentionKind, EvalMode
 from attnlab.soft import ScoreFn, soft_attention
 
 
-class Distribution(enum.Enum):
+class Distribution(Choice):
   """Normaliser that turns scores into a distribution over key positions."""
 
   SOFTMAX = "softmax"
   SPARSEMAX = "sparsemax"
   ENTMAX15 = "entmax15"
-
-
-class Selection(enum.Enum):
-  """How the context is drawn from the distribution."""
-
-  EXPECTED = "expected"  # Σ_k p_k v_k.
-  SAMPLE = "sample"  # v_z, z ~ p.
-  ARGMAX = "argmax"  # v_z, z = argmax p.
-  GUMBEL = "gumbel"  # Σ_k y_k v_k, y a Gumbel-softmax sample (softmax distributions only).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,44 +43,50 @@ class AttentionSpec:
 
   Attributes:
     distribution: a :class:`Distribution`.
-    selection: a :class:`Selection`.
+    selection: the :class:`~attnlab.modules.kinds.EvalMode` that reads a context from the
+      distribution: its expectation (``SOFT``), or the value at the argmax or at a sample.
+    relaxed: with ``selection=SAMPLE``, draw a Gumbel-softmax relaxed sample instead of a
+      hard one (softmax distributions only): ``Σ_k y_k v_k`` with ``y`` the relaxed one-hot.
     gumbel_temperature: ``τ > 0`` of the Gumbel-softmax relaxation.
-    straight_through: one-hot forward, relaxed backward (Gumbel only).
+    straight_through: one-hot forward, relaxed backward (relaxed samples only).
   """
 
   distribution: Distribution = Distribution.SOFTMAX
-  selection: Selection = Selection.EXPECTED
+  selection: EvalMode = EvalMode.SOFT
+  relaxed: bool = False
   gumbel_temperature: float = 1.0
   straight_through: bool = False
 
   def __post_init__(self):
     if self.gumbel_temperature <= 0:
       raise ValueError(f"gumbel_temperature must be > 0, got {self.gumbel_temperature}.")
-    if self.selection is Selection.GUMBEL and self.distribution is not Distribution.SOFTMAX:
-      raise ValueError(f"Gumbel selection needs the softmax distribution, got {self.distribution}.")
+    if self.relaxed and (
+      self.selection is not EvalMode.SAMPLE or self.distribution is not Distribution.SOFTMAX
+    ):
+      raise ValueError(
+        "a relaxed (Gumbel-softmax) selection needs selection SAMPLE and the softmax "
+        f"distribution, got {self.selection} and {self.distribution}."
+      )
 
   @property
   def is_hard(self) -> bool:
     """True when one position is chosen (index and log_prob exist)."""
-    return self.selection in (Selection.SAMPLE, Selection.ARGMAX)
+    return self.selection in (EvalMode.SAMPLE, EvalMode.ARGMAX) and not self.relaxed
 
   @property
   def needs_key(self) -> bool:
     """True when the selection is random (an ``"attention"`` PRNG key is consumed)."""
-    return self.selection in (Selection.SAMPLE, Selection.GUMBEL)
+    return self.selection is EvalMode.SAMPLE
 
 
+# Training kind -> (distribution, selection, relaxed).
 _KIND_SPECS = {
-  AttentionKind.SOFT: (Distribution.SOFTMAX, Selection.EXPECTED),
-  AttentionKind.HARD: (Distribution.SOFTMAX, Selection.SAMPLE),
-  AttentionKind.GUMBEL: (Distribution.SOFTMAX, Selection.GUMBEL),
-  AttentionKind.SPARSEMAX: (Distribution.SPARSEMAX, Selection.EXPECTED),
-  AttentionKind.ENTMAX15: (Distribution.ENTMAX15, Selection.EXPECTED),
-}
-_EVAL_SELECTIONS = {
-  EvalMode.SOFT: Selection.EXPECTED,
-  EvalMode.ARGMAX: Selection.ARGMAX,
-  EvalMode.SAMPLE: Selection.SAMPLE,
+  AttentionKind.SOFT: (Distribution.SOFTMAX, EvalMode.SOFT, False),
+  AttentionKind.MARGINAL: (Distribution.SOFTMAX, EvalMode.SOFT, False),
+  AttentionKind.HARD: (Distribution.SOFTMAX, EvalMode.SAMPLE, False),
+  AttentionKind.GUMBEL: (Distribution.SOFTMAX, EvalMode.SAMPLE, True),
+  AttentionKind.SPARSEMAX: (Distribution.SPARSEMAX, EvalMode.SOFT, False),
+  AttentionKind.ENTMAX15: (Distribution.ENTMAX15, EvalMode.SOFT, False),
 }
 
 
@@ -97,15 +94,15 @@ def parse_override(override: str | EvalMode | AttentionKind | None):
   """Parses an ``attention_override``: an :class:`EvalMode`, an :class:`AttentionKind` or a name.
 
   Names are looked up as evaluation modes first ("soft", "argmax", "sample"), then as kinds
-  ("hard", "gumbel", "sparsemax", "entmax15").
+  ("hard", "gumbel", "sparsemax", "entmax15", "marginal").
   """
   if override is None or isinstance(override, (EvalMode, AttentionKind)):
     return override
   for cls in (EvalMode, AttentionKind):
-    if override in [m.value for m in cls]:
+    if override in cls.values():
       return cls(override)
-  valid = sorted({m.value for m in EvalMode} | {m.value for m in AttentionKind})
-  raise ValueError(f"unknown attention_override {override!r}; valid names: {valid}.")
+  valid = sorted(set(EvalMode.values()) | set(AttentionKind.values()))
+  raise ValueError(enums.invalid_choice("attention_override", override, valid))
 
 
 def resolve_spec(
@@ -127,13 +124,13 @@ def resolve_spec(
   Returns:
     An :class:`AttentionSpec`.
   """
-  distribution, selection = _KIND_SPECS[AttentionKind.parse(kind)]
+  distribution, selection, relaxed = _KIND_SPECS[AttentionKind.parse(kind, name="kind")]
   override = parse_override(override)
   if isinstance(override, EvalMode):
-    selection = _EVAL_SELECTIONS[override]
+    selection, relaxed = override, False
   elif isinstance(override, AttentionKind):
-    distribution, selection = _KIND_SPECS[override]
-  return AttentionSpec(distribution, selection, gumbel_temperature, straight_through)
+    distribution, selection, relaxed = _KIND_SPECS[override]
+  return AttentionSpec(distribution, selection, relaxed, gumbel_temperature, straight_through)
 
 
 def normalizer_of(distribution: Distribution) -> Callable[..., chex.Array]:
@@ -223,12 +220,12 @@ def attend(
   if spec.needs_key and key is None:
     raise ValueError(f"attention selection {spec.selection.value!r} needs a PRNG key.")
   normalizer = normalizer_of(spec.distribution)
-  if spec.selection is Selection.EXPECTED:
+  if spec.selection is EvalMode.SOFT:
     context, weights = soft_attention(q, k, v, mask, score_fn=score_fn, normalizer=normalizer)
     weights = weights.astype(jnp.float32)
     return Attended(context, context, weights, None, None, _entropy(weights))
 
-  if spec.selection is Selection.GUMBEL:
+  if spec.relaxed:
     from attnlab import estimators  # Lazy: estimators import the objectives' dependencies.
 
     chex.assert_rank([q, k, v], 2)
@@ -243,7 +240,7 @@ def attend(
       _expected(sample_QxK, v), _expected(probs_QxK, v), probs_QxK, None, None, entropy_Q
     )
 
-  mode = hard.HardMode.SAMPLE if spec.selection is Selection.SAMPLE else hard.HardMode.ARGMAX
+  mode = hard.HardMode.SAMPLE if spec.selection is EvalMode.SAMPLE else hard.HardMode.ARGMAX
   if spec.distribution is Distribution.SOFTMAX:
     out = hard.hard_attention(key, q, k, v, mask, score_fn=score_fn, mode=mode)
   else:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attnlab import multihead, scores
-from attnlab.modules.attend import Attended, Selection, attend, resolve_spec
+from attnlab.modules.attend import Attended, attend, resolve_spec
 from attnlab.modules.kinds import AttentionKind, EvalMode, ScoreKind
 
 _SCORE_FNS = {
@@ -83,15 +83,15 @@ def attend_heads(
     :class:`Attended` with ``context``/``expected_context`` ``[B, T, H, Dv]``, ``weights``
     ``[B, H, T, S]`` and ``index``/``log_prob``/``entropy`` ``[B, H, T]``.
   """
-  batch, _, heads, _ = multihead._check_layout(q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask)
-  keys = multihead._head_keys(key if spec.needs_key else None, batch, heads)
+  batch, _, heads, _ = multihead.check_layout(q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask)
+  keys = multihead.head_keys(key if spec.needs_key else None, batch, heads)
 
   def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, head_key):
     fn = score_fn if params is None else functools.partial(score_fn, **params)
     return attention_fn(head_key, q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, spec=spec)
 
   out_axes = Attended(1, 1, 0, 0, 0, 0)
-  return multihead._vmap_heads_and_batch(
+  return multihead.vmap_heads_and_batch(
     per_head, q_BxTxHxD, k_BxSxHxD, v_BxSxHxDv, mask, score_params, keys, out_axes
   )
 
@@ -274,7 +274,7 @@ class MultiHeadAttention(nn.Module):
     )
     out_BxTxF = out_proj(out.context)
     expected_BxTxF = (
-      out_BxTxF if spec.selection is Selection.EXPECTED else out_proj(out.expected_context)
+      out_BxTxF if spec.selection is EvalMode.SOFT else out_proj(out.expected_context)
     )
     aux = AttentionAux(out.weights, out.index, out.log_prob, out.entropy, expected_BxTxF)
     return out_BxTxF, aux

@@ -1,32 +1,11 @@
-"""Named choices of the modules, as enums whose ``parse`` error lists the valid names."""
+"""Named choices of the modules (:class:`attnlab.enums.Choice`: ``parse`` lists the valid names)."""
 
 from __future__ import annotations
 
-import enum
-from typing import TypeVar
-
-_E = TypeVar("_E", bound="_Parsable")
+from attnlab.enums import Choice
 
 
-class _Parsable(enum.Enum):
-  """An enum with ``parse(name_or_member)``; config strings become members through it."""
-
-  @classmethod
-  def parse(cls: type[_E], value: str | _E) -> _E:
-    """Returns the member named by ``value`` (a member passes through).
-
-    Raises:
-      ValueError: naming ``value`` and listing the valid names.
-    """
-    if isinstance(value, cls):
-      return value
-    valid = [m.value for m in cls]
-    if value not in valid:
-      raise ValueError(f"unknown {cls.__name__} {value!r}; valid names: {valid}.")
-    return cls(value)
-
-
-class AttentionKind(_Parsable):
+class AttentionKind(Choice):
   """How a query turns scores into a context (the training-time switch)."""
 
   SOFT = "soft"  # softmax weights, expected context.
@@ -34,9 +13,12 @@ class AttentionKind(_Parsable):
   GUMBEL = "gumbel"  # Gumbel-softmax relaxed sample (optionally straight-through).
   SPARSEMAX = "sparsemax"  # sparsemax weights, expected context.
   ENTMAX15 = "entmax15"  # entmax-1.5 weights, expected context.
+  # Softmax weights, expected context: the alignment distribution that the exact marginal
+  # likelihood enumerates (objective "marginal"); the layer itself computes what SOFT does.
+  MARGINAL = "marginal"
 
 
-class ScoreKind(_Parsable):
+class ScoreKind(Choice):
   """Score function of :mod:`attnlab.scores`."""
 
   DOT = "dot"
@@ -45,7 +27,7 @@ class ScoreKind(_Parsable):
   ADDITIVE = "additive"
 
 
-class Feedback(_Parsable):
+class Feedback(Choice):
   """What an RNN decoder step feeds into the next step's input besides the previous token."""
 
   NONE = "none"  # nothing: decoder states never depend on attention (the honest default).
@@ -55,14 +37,14 @@ class Feedback(_Parsable):
   SAMPLED = "sampled"  # the context actually used (the sampled value for hard attention).
 
 
-class KeySource(_Parsable):
+class KeySource(Choice):
   """What the RNN family's attention keys are computed from."""
 
   BIRNN = "birnn"  # a bidirectional GRU/LSTM over the source.
   LOCAL = "local"  # the token embedding plus the position embedding of each position.
 
 
-class ValueSource(_Parsable):
+class ValueSource(Choice):
   """What the RNN family's attention values (the contexts) are."""
 
   # the token embedding alone: one value per symbol wherever it stands, so every position's
@@ -74,11 +56,13 @@ class ValueSource(_Parsable):
   CONTEXTUAL = "contextual"  # the bidirectional RNN states: may carry any source content.
 
 
-class EvalMode(_Parsable):
-  """Evaluation-time attention, independent of the training kind.
+class EvalMode(Choice):
+  """How a context is read from the attention distribution (``config.model.eval_mode``).
 
-  All three use the trained model's distribution over positions (softmax for soft, hard and
-  Gumbel models; sparsemax / entmax-1.5 for those kinds).
+  At evaluation, any of the three overrides the training kind and keeps the trained model's
+  distribution over positions (softmax for soft, hard and Gumbel models; sparsemax /
+  entmax-1.5 for those kinds). Training kinds resolve to one as well (hard: ``SAMPLE``;
+  Gumbel: a relaxed ``SAMPLE``): see :class:`attnlab.modules.AttentionSpec`.
   """
 
   SOFT = "soft"  # expected context.
@@ -86,14 +70,14 @@ class EvalMode(_Parsable):
   SAMPLE = "sample"  # the value at a sampled position.
 
 
-class Cell(_Parsable):
+class Cell(Choice):
   """Recurrent cell of the RNN family."""
 
   GRU = "gru"
   LSTM = "lstm"
 
 
-class Family(_Parsable):
+class Family(Choice):
   """Model family built by :func:`attnlab.modules.build_model`."""
 
   RNN = "rnn"

@@ -15,10 +15,10 @@ diagnostics, ``gold_operand="first"`` (or ``"second"``) uses the position of ``a
 from __future__ import annotations
 
 import dataclasses
-import enum
 
 import numpy as np
 
+from attnlab.enums import Choice
 from attnlab.tasks import base
 from attnlab.tasks.base import EOS, FIRST_SYMBOL, PAD, Batch
 from attnlab.tasks.splits import Split
@@ -27,21 +27,12 @@ from attnlab.tasks.splits import Split
 _MAX_DIGITS = 17
 
 
-class GoldOperand(enum.Enum):
+class GoldOperand(Choice):
   """Which operand's digit is taken as the gold alignment of each output digit."""
 
   NONE = "none"  # Undefined: -1 everywhere.
   FIRST = "first"  # Position of a_i.
   SECOND = "second"  # Position of b_i.
-
-  @classmethod
-  def parse(cls, value: str | GoldOperand) -> GoldOperand:
-    if isinstance(value, cls):
-      return value
-    valid = [m.value for m in cls]
-    if value not in valid:
-      raise ValueError(f"unknown gold_operand {value!r}; valid values: {valid}.")
-    return cls(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,7 +58,7 @@ class AdditionTask(base.Task):
     self._set("train_digits", base.check_range("train_digits", self.train_digits, **limit))
     self._set("ood_digits", base.check_range("ood_digits", self.ood_digits, **limit))
     base.check_ood_longer("train_digits", self.train_digits, "ood_digits", self.ood_digits)
-    self._set("gold_operand", GoldOperand.parse(self.gold_operand))
+    self._set("gold_operand", GoldOperand.parse(self.gold_operand, name="gold_operand"))
 
   @property
   def plus_token(self) -> int:
@@ -78,7 +69,7 @@ class AdditionTask(base.Task):
     return self.plus_token + 1
 
   def _digits(self, split: Split | str) -> tuple[int, int]:
-    return self.ood_digits if Split.parse(split) is Split.OOD else self.train_digits
+    return self.ood_digits if Split.parse(split, name="split") is Split.OOD else self.train_digits
 
   def max_input_len(self, split: Split | str) -> int:
     return 2 * self._digits(split)[1] + 1

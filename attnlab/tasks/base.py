@@ -189,7 +189,7 @@ class Task(abc.ABC):
 
   def in_split(self, inputs_BxS: np.ndarray, split: Split | str) -> np.ndarray:
     """bool ``[B]``: whether each source belongs to ``split`` (OOD: always ``True``)."""
-    split = Split.parse(split)
+    split = Split.parse(split, name="split")
     if split is Split.OOD:
       return np.ones(np.shape(inputs_BxS)[0], bool)
     codes_B = splits.split_codes(
@@ -212,7 +212,7 @@ class Task(abc.ABC):
       :class:`Batch` with ``inputs [B, max_input_len(split)]`` and
       ``targets, alignment [B, max_target_len(split)]``.
     """
-    split = Split.parse(split)
+    split = Split.parse(split, name="split")
     if not isinstance(rng, np.random.Generator):
       raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
@@ -246,6 +246,6 @@ class Task(abc.ABC):
     Drawn from a stream disjoint from the ``default_rng([seed, step])`` training streams.
     Examples are i.i.d., so a small source space may repeat examples within the set.
     """
-    split = Split.parse(split)
+    split = Split.parse(split, name="split")
     index = list(Split).index(split)
     return self.sample(np.random.default_rng([_EVAL_STREAM, seed, index]), size, split)

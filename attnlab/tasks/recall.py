@@ -59,14 +59,14 @@ class RecallTask(base.Task):
   def vocab_size(self) -> int:
     return self.query_token + 1
 
-  def _pairs(self, split: Split | str) -> tuple[int, int]:
-    return self.ood_pairs if Split.parse(split) is Split.OOD else self.train_pairs
-
   def max_input_len(self, split: Split | str) -> int:
     return 2 * self._pairs(split)[1] + 2
 
   def max_target_len(self, split: Split | str) -> int:
     return 2  # value, EOS
+
+  def _pairs(self, split: Split | str) -> tuple[int, int]:
+    return self.ood_pairs if Split.parse(split, name="split") is Split.OOD else self.train_pairs
 
   def _draw_sources(self, rng, n, split):
     low, high = self._pairs(split)

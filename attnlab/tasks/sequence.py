@@ -51,7 +51,7 @@ class PermutationTask(base.Task):
     return FIRST_SYMBOL + self.num_symbols
 
   def _lengths(self, split: Split | str) -> tuple[int, int]:
-    return self.ood_lengths if Split.parse(split) is Split.OOD else self.train_lengths
+    return self.ood_lengths if Split.parse(split, name="split") is Split.OOD else self.train_lengths
 
   def max_input_len(self, split: Split | str) -> int:
     return self._lengths(split)[1]

@@ -16,10 +16,11 @@ those whose hash falls in the split's bucket (rejection sampling). Hence:
 
 from __future__ import annotations
 
-import enum
 import functools
 
 import numpy as np
+
+from attnlab.enums import Choice
 
 # Multiplier of the polynomial hash (an odd 64-bit constant) and the splitmix64 finaliser
 # constants (Steele et al., 2014); all arithmetic wraps modulo 2**64.
@@ -28,23 +29,13 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-class Split(enum.Enum):
+class Split(Choice):
   """Data splits. TRAIN/VAL/TEST share the training sizes; OOD uses longer ones."""
 
   TRAIN = "train"
   VAL = "val"
   TEST = "test"
   OOD = "ood"
-
-  @classmethod
-  def parse(cls, split: str | Split) -> Split:
-    """Returns ``split`` as a :class:`Split`; raises ``ValueError`` listing valid names."""
-    if isinstance(split, cls):
-      return split
-    valid = [s.value for s in cls]
-    if split not in valid:
-      raise ValueError(f"unknown split {split!r}; valid splits: {valid}.")
-    return cls(split)
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
+from attnlab.training import rundir
 
 
 class RunCheckpointer:
@@ -37,7 +37,7 @@ class RunCheckpointer:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
     )
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = os.path.join(os.path.abspath(workdir), rundir.CHECKPOINTS_DIR)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:

@@ -1,19 +1,16 @@
-"""The soft-vs-hard comparison sweep: tasks × methods × seeds, resumable and failure-isolated.
+"""Running a comparison sweep: tasks × methods × seeds, resumable and failure-isolated.
 
-A comparison config (``configs/compare.py``) names a base run config (``configs/default.py``),
-the tasks, the seeds and the methods, each method being a set of overrides of the base
-config. :func:`run_comparison` trains every (task, method) *group*, all its seeds together in
-one vmapped program (``attnlab.train.train_seeds``), each seed into its own run directory
-``DIR/<task>/<method>/seed_<n>/`` (layout in :mod:`attnlab.table`), then writes
-``DIR/results.csv``, ``DIR/table.md`` and ``DIR/plots/<task>.png``.
+:func:`run_comparison` trains every (task, method) *group* planned by
+:func:`attnlab.sweep.plan.plan`, all its seeds together in one vmapped program
+(``attnlab.training.loop.train_seeds``), each seed into its own run directory
+``DIR/<task>/<method>/seed_<n>/`` (layout in :mod:`attnlab.training.rundir`), then writes
+``DIR/results.csv``, ``DIR/table.md`` and ``DIR/plots/<task>.png`` (:mod:`attnlab.sweep.table`).
 
 - Resumable: a run whose ``summary.json`` says ``completed: true`` is skipped; a group trains
   only its unfinished seeds (the trainer itself resumes an interrupted run from its checkpoint).
 - Failure-isolated: an exception while training a group is caught, its traceback written to
   ``DIR/<task>/<method>/error.txt``, and the sweep goes on; the group shows as ``failed`` in
   ``results.csv`` and in the final report.
-- Checked up front: unknown tasks, method names and override keys, and every run config (via
-  ``attnlab.config.parse_config``) are validated before anything trains.
 """
 
 from __future__ import annotations
@@ -24,38 +21,21 @@ import multiprocessing
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
 import ml_collections
 
-from attnlab import table
+from attnlab.sweep import table
+from attnlab.sweep.plan import Group, grid_of, plan, run_config, validate_run_config
+from attnlab.training import rundir
 
-# train_seeds(run_config, seeds, workdirs) -> per-seed summaries (attnlab.train.train_seeds).
+# train_seeds(run_config, seeds, workdirs) -> per-seed summaries
+# (attnlab.training.loop.train_seeds).
 TrainFn = Callable[[ml_collections.ConfigDict, Sequence[int], Sequence[str]], Any]
 
-_log = logging.getLogger("attnlab.compare")
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-  """One (task, method): its run config and which of its seeds still need training.
-
-  Attributes:
-    task: task name.
-    method: method name.
-    seeds: every seed of the group.
-    pending: the seeds without a completed run, trained together.
-    config: the run config (base config + task + method overrides); ``seed`` is set per run
-      by the trainer from ``seeds``.
-  """
-
-  task: str
-  method: str
-  seeds: tuple[int, ...]
-  pending: tuple[int, ...]
-  config: ml_collections.ConfigDict
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,168 +87,13 @@ class ComparisonReport:
 _STATUSES = ("completed", "skipped", "failed")
 
 
-# ---- Overrides --------------------------------------------------------------------------
-
-
-def flatten(node: Mapping | ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple]:
-  """``(dotted_key, value)`` for every leaf of a nested mapping (empty mappings are leaves)."""
-  for key, value in node.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, (Mapping, ml_collections.ConfigDict)) and len(value):
-      yield from flatten(value, f"{path}.")
-    else:
-      yield path, value
-
-
-def nest(overrides: Mapping[str, Any]) -> dict:
-  """``{"model.attention": "hard"}`` -> ``{"model": {"attention": "hard"}}`` (ConfigDicts
-  reject dotted field names, so overrides are stored nested and written dotted)."""
-  nested: dict = {}
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = nested
-    for part in parents:
-      node = node.setdefault(part, {})
-      if not isinstance(node, dict):
-        raise ValueError(f"override {dotted!r} conflicts with a value set at {part!r}.")
-    node[leaf] = value
-  return nested
-
-
-def apply_overrides(
-  base: ml_collections.ConfigDict, overrides: Mapping, *, where: str
-) -> ml_collections.ConfigDict:
-  """A copy of ``base`` with nested ``overrides`` applied; only existing keys may be set.
-
-  Args:
-    base: the run config to copy.
-    overrides: nested mapping (or ConfigDict) of values, e.g. ``{"model": {"score": "dot"}}``.
-    where: what the overrides belong to, for error messages (e.g. ``"method 'soft_dot'"``).
-
-  Returns:
-    The new ConfigDict (``base`` is untouched).
-
-  Raises:
-    ValueError: a key that ``base`` does not have (the message lists the valid keys), or a
-      value of the wrong type for its key.
-  """
-  config = ml_collections.ConfigDict(base.to_dict())
-  valid = sorted(k for k, _ in flatten(base))
-  for dotted, value in flatten(overrides):
-    *parents, leaf = dotted.split(".")
-    node = config
-    try:
-      for part in parents:
-        node = node[part]
-      if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise KeyError(dotted)
-    except (KeyError, TypeError):
-      raise ValueError(f"{where}: unknown config key {dotted!r}; valid keys: {valid}.") from None
-    if isinstance(value, ml_collections.ConfigDict):
-      value = value.to_dict()
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise ValueError(f"{where}: bad value {value!r} for {dotted!r}: {e}") from None
-  return config
-
-
-# ---- Planning ---------------------------------------------------------------------------
-
-
-def _names(config: ml_collections.ConfigDict, field: str, registry: Sequence[str]) -> list[str]:
-  names = list(config[field])
-  if not names:
-    raise ValueError(f"config.{field} is empty; choose from {sorted(registry)}.")
-  unknown = [n for n in names if n not in registry]
-  if unknown:
-    raise ValueError(f"unknown name(s) {unknown} in config.{field}; valid: {sorted(registry)}.")
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise ValueError(f"config.{field} lists {duplicates} more than once.")
-  return names
-
-
-def grid_of(config: ml_collections.ConfigDict) -> table.Grid:
-  """The tasks, methods and seeds a comparison config asks for, checked.
-
-  Raises:
-    ValueError: unknown task or method names (the message lists the valid ones), duplicates,
-      or seeds that are not distinct non-negative ints.
-  """
-  from attnlab import tasks as tasks_lib  # Deferred: importing the grid needs no tasks.
-
-  task_names = _names(config, "tasks", list(tasks_lib.TASKS))
-  method_names = _names(config, "method_names", list(config.methods.keys()))
-  seeds = list(config.seeds)
-  if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-    raise ValueError(f"config.seeds={seeds!r}; expected a non-empty tuple of ints >= 0.")
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"config.seeds={seeds!r} repeats a seed.")
-  return table.Grid(tuple(task_names), tuple(method_names), tuple(seeds))
-
-
-def run_config(
-  config: ml_collections.ConfigDict, task: str, method: str
-) -> ml_collections.ConfigDict:
-  """The run config of one (task, method): base, then the task's, then the method's overrides."""
-  run = apply_overrides(config.base, {"task": task}, where=f"task {task!r}")
-  if task in config.task_overrides:
-    run = apply_overrides(run, config.task_overrides[task], where=f"task_overrides[{task!r}]")
-  return apply_overrides(run, config.methods[method], where=f"method {method!r}")
-
-
-def _validate(run: ml_collections.ConfigDict, task: str, method: str) -> None:
-  from attnlab import config as config_lib  # Deferred: pulls in models and objectives.
-
-  try:
-    config_lib.parse_config(run)
-  except ValueError as e:
-    raise ValueError(f"{task}/{method}: invalid run config: {e}") from e
-
-
-def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = True) -> list[Group]:
-  """Every (task, method) group in table order, with its run config and unfinished seeds.
-
-  Args:
-    config: a comparison config (``configs/compare.py``).
-    workdir: the sweep directory (finished runs in it are not pending).
-    validate: check every run config with ``attnlab.config.parse_config`` (start-up check).
-
-  Returns:
-    The groups, tasks outermost, each in config order.
-
-  Raises:
-    ValueError: unknown names, override keys or invalid run configs, before anything trains.
-  """
-  grid = grid_of(config)
-  if not isinstance(config.num_workers, int) or config.num_workers < 1:
-    raise ValueError(f"config.num_workers={config.num_workers!r} must be an int >= 1.")
-  unknown = sorted(set(config.task_overrides.keys()) - set(grid.tasks))
-  if unknown:
-    raise ValueError(
-      f"config.task_overrides names task(s) {unknown} not in config.tasks {list(grid.tasks)}."
-    )
-  groups = []
-  for task in grid.tasks:
-    for method in grid.methods:
-      run = run_config(config, task, method)
-      if validate:
-        _validate(run, task, method)
-      pending = tuple(
-        s for s in grid.seeds if not table.is_finished(table.run_dir(workdir, task, method, s))
-      )
-      groups.append(Group(task, method, grid.seeds, pending, run))
-  return groups
-
-
 # ---- Running ----------------------------------------------------------------------------
 
 
 def _default_train_fn() -> TrainFn:
-  from attnlab import train  # Deferred: the trainer compiles models; planning does not.
+  from attnlab.training import loop  # Deferred: the trainer compiles models; planning does not.
 
-  return train.train_seeds
+  return loop.train_seeds
 
 
 def _format_seconds(seconds: float) -> str:
@@ -276,32 +101,28 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _train_group(group: Group, workdir: str, train_fn: TrainFn) -> None:
-  dirs = [table.run_dir(workdir, group.task, group.method, s) for s in group.pending]
+  dirs = [rundir.run_dir(workdir, group.task, group.method, s) for s in group.pending]
   for d in dirs:
     os.makedirs(d, exist_ok=True)
   train_fn(group.config, list(group.pending), dirs)
-  unfinished = [s for s, d in zip(group.pending, dirs, strict=True) if not table.is_finished(d)]
+  unfinished = [s for s, d in zip(group.pending, dirs, strict=True) if not rundir.is_finished(d)]
   if unfinished:
     raise RuntimeError(
-      f"training returned but seed(s) {unfinished} have no {table.SUMMARY_JSON} with "
-      "completed: true."
+      f"training returned but seed(s) {unfinished} have no {rundir.SUMMARY_FILE} with "
+      f"{rundir.COMPLETED_KEY}: true."
     )
 
 
 def _run_group(group: Group, workdir: str, train_fn: TrainFn) -> GroupResult:
   """Trains one group, catching its failure into the result (runs in a worker process too)."""
-  error_path = os.path.join(table.group_dir(workdir, group.task, group.method), table.ERROR_TXT)
-  if os.path.exists(error_path):
-    os.remove(error_path)  # A stale failure from an earlier attempt: this one decides.
+  rundir.clear_error(workdir, group.task, group.method)  # A stale failure: this attempt decides.
   t0 = time.perf_counter()
   try:
     _train_group(group, workdir, train_fn)
     status, error = "completed", ""
   except Exception as e:  # noqa: BLE001 - isolate the failure, report it, go on.
     status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-    os.makedirs(os.path.dirname(error_path), exist_ok=True)
-    with open(error_path, "w") as f:
-      f.write(traceback.format_exc())
+    rundir.write_error(workdir, group.task, group.method, traceback.format_exc())
   seconds = time.perf_counter() - t0
   return GroupResult(group.task, group.method, group.pending, status, seconds, error)
 
@@ -339,8 +160,8 @@ def run_comparison(
       ``methods``, ``method_names``, ``task_overrides``.
     workdir: the sweep directory ``DIR``; created if missing.
     train_fn: ``train_fn(run_config, seeds, workdirs)`` trains the seeds of one group together
-      and writes each seed's ``summary.json``; default ``attnlab.train.train_seeds``.
-    log: receives the progress lines; default ``logging.getLogger("attnlab.compare").info``.
+      and writes each seed's ``summary.json``; default ``attnlab.training.loop.train_seeds``.
+    log: receives the progress lines; default ``logging.getLogger("attnlab.sweep.run").info``.
     with_plots: write ``DIR/plots/<task>.png``.
 
   Returns:
@@ -357,8 +178,7 @@ def run_comparison(
   grid = dataclasses.replace(
     grid_of(config), hardware=table.hardware_description(), eval_mode=_eval_mode(config)
   )
-  with open(os.path.join(workdir, table.GRID_JSON), "w") as f:
-    f.write(grid.to_json())
+  table.write_grid(workdir, grid)
 
   total = sum(len(g.seeds) for g in groups)
   done = total - sum(len(g.pending) for g in groups)
@@ -388,7 +208,7 @@ def run_comparison(
     )
     if result.status == "failed":
       error_path = os.path.join(
-        table.group_dir(workdir, result.task, result.method), table.ERROR_TXT
+        rundir.group_dir(workdir, result.task, result.method), rundir.ERROR_FILE
       )
       line += f" FAILED: {result.error} (traceback in {error_path})"
     log(line)
@@ -440,7 +260,7 @@ def measure_seed_speedup(
     workdir: a fresh directory for the timing runs.
     task: the task to time.
     method: the method to time.
-    train_fn: default ``attnlab.train.train_seeds``.
+    train_fn: default ``attnlab.training.loop.train_seeds``.
     log: receives the result line.
 
   Returns:
@@ -450,14 +270,14 @@ def measure_seed_speedup(
   log = log or _log.info
   grid = grid_of(config)
   run = run_config(config, task, method)
-  _validate(run, task, method)
+  validate_run_config(run, task, method)
   train_fn = train_fn or _default_train_fn()
   seeds = list(grid.seeds)
   dirs = {
     name: [os.path.join(workdir, name, f"seed_{s}") for s in seeds]
     for name in ("vmapped", "sequential")
   }
-  finished = [d for ds in dirs.values() for d in ds if table.is_finished(d)]
+  finished = [d for ds in dirs.values() for d in ds if rundir.is_finished(d)]
   if finished:
     raise ValueError(f"measure_seed_speedup needs a fresh workdir; finished runs in {finished}.")
   t0 = time.perf_counter()
@@ -469,7 +289,7 @@ def measure_seed_speedup(
   sequential = time.perf_counter() - t0
 
   def ms_per_step(ds: list[str]) -> float:
-    values = [(table.read_summary(d) or {}).get("ms_per_step") for d in ds]
+    values = [(rundir.read_summary(d) or {}).get("ms_per_step") for d in ds]
     values = [v for v in values if isinstance(v, (int, float))]
     return sum(values) / len(values) if values else float("nan")
 

@@ -1,4 +1,5 @@
-"""Figures for attention runs: heatmaps, a run's learning curve, per-task method comparisons.
+"""Figures of one run: attention heatmaps and the learning curve (and the helpers they share
+with the sweep's comparison figures, :mod:`attnlab.sweep.plots`).
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: no
 global figure registry, no GUI backend, nothing leaks between calls (safe in tests, threads and
@@ -9,7 +10,6 @@ read from ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -28,31 +28,17 @@ DEFAULT_CURVE_KEYS = (
   "grad/variance",
 )
 
-# What a per-task comparison shows by default: accuracy, loss and gradient noise per method.
-COMPARISON_KEYS = ("val/seq_accuracy", "train/loss", "grad/variance")
-
 # Metrics whose values span decades: drawn on a log axis.
 _LOG_SCALE_MARKERS = ("variance", "bias_sq")
 _MAX_HEATMAP_COLUMNS = 4
 
 
-class Band(enum.Enum):
-  """Spread drawn around the mean over seeds in :func:`plot_comparison_curves`."""
+def save_figure(fig: Figure, path: str | os.PathLike) -> str:
+  """Writes ``fig`` to ``path`` (format from the suffix), creating parent directories.
 
-  MINMAX = "minmax"  # Lowest to highest seed: honest with 3 seeds, shows every outlier.
-  STD = "std"  # Mean ± one (population) standard deviation over seeds.
-
-  @classmethod
-  def parse(cls, band: str | Band) -> Band:
-    if isinstance(band, cls):
-      return band
-    valid = [b.value for b in cls]
-    if band not in valid:
-      raise ValueError(f"unknown band {band!r}; valid bands: {valid}.")
-    return cls(band)
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> str:
+  Returns:
+    ``path`` as a string.
+  """
   path = os.fspath(path)
   parent = os.path.dirname(path)
   if parent:
@@ -86,50 +72,13 @@ def _token_labels(tokens: np.ndarray, token_names: Mapping[int, str] | None) -> 
   return [names.get(int(t), str(int(t))) for t in tokens]
 
 
-def plot_attention_heatmaps(
-  path: str | os.PathLike,
-  weights_NxTxS,
-  gold_NxT,
-  inputs_NxS,
-  targets_NxT,
-  sampled_index_NxT=None,
-  input_lengths=None,
-  target_lengths=None,
-  *,
-  token_names: Mapping[int, str] | None = None,
-  title: str | None = None,
-) -> str:
-  """Draws one attention heatmap per example, gold alignment and sampled positions overlaid.
-
-  Row ``t`` of panel ``n`` is the attention distribution of target step ``t`` over the source
-  positions (``weights_NxTxS[n, t]``, colour scale fixed to [0, 1] so panels compare). An open
-  square marks the gold source position ``gold_NxT[n, t]`` (skipped where it is ``< 0``, i.e.
-  undefined, e.g. at EOS); a cross marks the position a hard-attention model sampled
-  (``sampled_index_NxT``). Axes are labelled with the tokens, cropped to the true lengths.
-
-  Args:
-    path: output image file (``.png``/``.pdf``/``.svg``); parent directories are created.
-    weights_NxTxS: ``[N, T, S]`` attention weights (or sampling probabilities).
-    gold_NxT: ``[N, T]`` int gold source position per target step, ``-1`` where undefined.
-    inputs_NxS: ``[N, S]`` int source tokens.
-    targets_NxT: ``[N, T]`` int target tokens.
-    sampled_index_NxT: optional ``[N, T]`` int positions chosen by hard attention.
-    input_lengths: optional ``[N]`` source lengths (columns shown); default ``S``.
-    target_lengths: optional ``[N]`` target lengths incl. EOS (rows shown); default ``T``.
-    token_names: optional map token id -> label (e.g. ``{2: "</s>"}``); default: the id.
-    title: optional figure title.
+def plot_attention_heatmaps(path: str | os.PathLike, *args, **kwargs) -> str:
+  """Draws :func:`attention_heatmaps_figure` (same arguments after ``path``) into ``path``.
 
   Returns:
-    ``path`` as a string.
-
-  Raises:
-    ValueError: on inconsistent ranks, shapes or lengths (before anything is drawn).
+    ``path`` as a string (``.png``/``.pdf``/``.svg``; parent directories are created).
   """
-  fig = attention_heatmaps_figure(
-      weights_NxTxS, gold_NxT, inputs_NxS, targets_NxT, sampled_index_NxT, input_lengths,
-      target_lengths, token_names=token_names, title=title,
-  )  # fmt: skip
-  return _save(fig, path)
+  return save_figure(attention_heatmaps_figure(*args, **kwargs), path)
 
 
 def attention_heatmaps_figure(
@@ -144,7 +93,31 @@ def attention_heatmaps_figure(
   token_names: Mapping[int, str] | None = None,
   title: str | None = None,
 ) -> Figure:
-  """The unsaved figure of :func:`plot_attention_heatmaps` (same arguments but ``path``)."""
+  """Draws one attention heatmap per example, gold alignment and sampled positions overlaid.
+
+  Row ``t`` of panel ``n`` is the attention distribution of target step ``t`` over the source
+  positions (``weights_NxTxS[n, t]``, colour scale fixed to [0, 1] so panels compare). An open
+  square marks the gold source position ``gold_NxT[n, t]`` (skipped where it is ``< 0``, i.e.
+  undefined, e.g. at EOS); a cross marks the position a hard-attention model sampled
+  (``sampled_index_NxT``). Axes are labelled with the tokens, cropped to the true lengths.
+
+  Args:
+    weights_NxTxS: ``[N, T, S]`` attention weights (or sampling probabilities).
+    gold_NxT: ``[N, T]`` int gold source position per target step, ``-1`` where undefined.
+    inputs_NxS: ``[N, S]`` int source tokens.
+    targets_NxT: ``[N, T]`` int target tokens.
+    sampled_index_NxT: optional ``[N, T]`` int positions chosen by hard attention.
+    input_lengths: optional ``[N]`` source lengths (columns shown); default ``S``.
+    target_lengths: optional ``[N]`` target lengths incl. EOS (rows shown); default ``T``.
+    token_names: optional map token id -> label (e.g. ``{2: "</s>"}``); default: the id.
+    title: optional figure title.
+
+  Returns:
+    The unsaved :class:`matplotlib.figure.Figure` (see :func:`plot_attention_heatmaps`).
+
+  Raises:
+    ValueError: on inconsistent ranks, shapes or lengths (before anything is drawn).
+  """
   weights = np.asarray(weights_NxTxS, dtype=np.float32)
   if weights.ndim != 3:
     raise ValueError(f"weights_NxTxS must have rank 3 [N, T, S]; got shape {weights.shape}.")
@@ -224,8 +197,16 @@ def _finite(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """Steps and values of ``key`` in metric rows, dropping rows where it is absent/non-finite."""
+def metric_series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """Steps and values of one metric, by step, dropping rows where it is absent or non-finite.
+
+  Args:
+    rows: metric rows (dicts with a ``"step"`` key).
+    key: the metric.
+
+  Returns:
+    ``(steps [P], values [P])`` float64.
+  """
   points = sorted((row["step"], row[key]) for row in rows if _finite(row.get(key)))
   if not points:
     return np.zeros((0,)), np.zeros((0,))
@@ -233,13 +214,21 @@ def _series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
 
 
-def _check_rows(rows: Sequence[Mapping], where: str) -> None:
+def check_metric_rows(rows: Sequence[Mapping], where: str) -> None:
+  """Raises ``ValueError`` (naming ``where`` and the row) unless every row has a ``step``."""
   for i, row in enumerate(rows):
     if not isinstance(row, Mapping) or "step" not in row:
       raise ValueError(f"{where}: metrics row {i} has no 'step' key: {row!r}.")
 
 
-def _style_axis(ax, key: str, values: np.ndarray) -> None:
+def style_metric_axis(ax, key: str, values: np.ndarray) -> None:
+  """Titles a metric's panel, labels the step axis; a log axis for positive variance-like keys.
+
+  Args:
+    ax: the matplotlib axes.
+    key: the metric drawn.
+    values: every value drawn on it (decides whether a log scale is possible).
+  """
   ax.set_title(key, fontsize=9)
   ax.set_xlabel("step")
   ax.grid(alpha=0.3)
@@ -247,10 +236,22 @@ def _style_axis(ax, key: str, values: np.ndarray) -> None:
     ax.set_yscale("log")
 
 
-def _present_keys(rows_lists: Sequence[Sequence[Mapping]], keys: Sequence[str]) -> list[str]:
-  present = [k for k in keys if any(_finite(r.get(k)) for rows in rows_lists for r in rows)]
+def present_metric_keys(runs: Sequence[Sequence[Mapping]], keys: Sequence[str]) -> list[str]:
+  """The ``keys`` with a finite value in some row of some run, in order.
+
+  Args:
+    runs: per run, its metric rows.
+    keys: the candidate metrics.
+
+  Returns:
+    The keys to draw.
+
+  Raises:
+    ValueError: none has a value (the message lists the keys that have one).
+  """
+  present = [k for k in keys if any(_finite(r.get(k)) for rows in runs for r in rows)]
   if not present:
-    available = sorted({k for rows in rows_lists for r in rows for k in r if k != "step"})
+    available = sorted({k for rows in runs for r in rows for k in r if k != "step"})
     raise ValueError(f"none of the keys {list(keys)} has a value; available keys: {available}.")
   return present
 
@@ -279,7 +280,7 @@ def plot_learning_curve(
   Raises:
     ValueError: if a row has no ``step`` or none of ``keys`` has a value (lists the keys found).
   """
-  return _save(learning_curve_figure(metrics_rows, keys, title=title), path)
+  return save_figure(learning_curve_figure(metrics_rows, keys, title=title), path)
 
 
 def learning_curve_figure(
@@ -289,125 +290,14 @@ def learning_curve_figure(
   title: str | None = None,
 ) -> Figure:
   """The unsaved figure of :func:`plot_learning_curve` (same arguments but ``path``)."""
-  _check_rows(metrics_rows, "plot_learning_curve")
-  present = _present_keys([metrics_rows], keys)
+  check_metric_rows(metrics_rows, "plot_learning_curve")
+  present = present_metric_keys([metrics_rows], keys)
   fig = Figure(figsize=(3.4 * len(present), 2.8), layout="constrained")
   axes = fig.subplots(1, len(present), squeeze=False)[0]
   for ax, key in zip(axes, present, strict=True):
-    steps, values = _series(metrics_rows, key)
+    steps, values = metric_series(metrics_rows, key)
     ax.plot(steps, values, marker="." if steps.size < 30 else None, linewidth=1.2)
-    _style_axis(ax, key, values)
+    style_metric_axis(ax, key, values)
   if title:
     fig.suptitle(title)
-  return fig
-
-
-def seed_band(
-  runs: Sequence[Sequence[Mapping]], key: str, band: str | Band = Band.MINMAX
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Mean and band of one metric over seeds, on the union of the seeds' evaluation steps.
-
-  At each step only the seeds that logged the metric there count (runs of one method share
-  their eval steps, so normally all do).
-
-  Args:
-    runs: per seed, that seed's metric rows (each with ``"step"``).
-    key: the metric.
-    band: :class:`Band` (``"minmax"``: lowest to highest seed; ``"std"``: mean ± std).
-
-  Returns:
-    ``(steps [P], mean [P], low [P], high [P])`` float64 arrays (``P`` = 0 if no value).
-  """
-  band = Band.parse(band)
-  by_step: dict[float, list[float]] = {}
-  for rows in runs:
-    steps, values = _series(rows, key)
-    for s, v in zip(steps.tolist(), values.tolist(), strict=True):
-      by_step.setdefault(s, []).append(v)
-  steps = np.asarray(sorted(by_step), dtype=np.float64)
-  stacks = [np.asarray(by_step[s]) for s in steps.tolist()]
-  mean = np.asarray([x.mean() for x in stacks], dtype=np.float64)
-  if band is Band.MINMAX:
-    low = np.asarray([x.min() for x in stacks], dtype=np.float64)
-    high = np.asarray([x.max() for x in stacks], dtype=np.float64)
-  else:
-    std = np.asarray([x.std() for x in stacks], dtype=np.float64)
-    low, high = mean - std, mean + std
-  return steps, mean, low, high
-
-
-def plot_comparison_curves(
-  path: str | os.PathLike,
-  runs_by_method: Mapping[str, Sequence[Sequence[Mapping]]],
-  keys: Sequence[str] = ("val/seq_accuracy", "train/loss", "grad/variance"),
-  *,
-  band: str | Band = Band.MINMAX,
-  title: str | None = None,
-) -> str:
-  """Learning curves of several methods on one task: a line per method (mean over seeds) and a band.
-
-  Args:
-    path: output image file; parent directories are created.
-    runs_by_method: method name -> per seed, that seed's ``metrics.jsonl`` rows. Methods are
-      drawn in the mapping's order; methods with no rows are listed in the legend as "(no data)".
-    keys: metrics, one panel each; keys with no value for any method are left out.
-    band: spread over seeds, see :class:`Band` (default min–max).
-    title: optional figure title (e.g. the task name).
-
-  Returns:
-    ``path`` as a string.
-
-  Raises:
-    ValueError: if ``runs_by_method`` is empty, a row has no ``step``, or no key has a value.
-  """
-  return _save(comparison_figure(runs_by_method, keys, band=band, title=title), path)
-
-
-def comparison_figure(
-  runs_by_method: Mapping[str, Sequence[Sequence[Mapping]]],
-  keys: Sequence[str] = COMPARISON_KEYS,
-  *,
-  band: str | Band = Band.MINMAX,
-  title: str | None = None,
-) -> Figure:
-  """The unsaved figure of :func:`plot_comparison_curves` (same arguments but ``path``)."""
-  band = Band.parse(band)
-  if not runs_by_method:
-    raise ValueError("runs_by_method is empty: nothing to compare.")
-  for method, runs in runs_by_method.items():
-    for rows in runs:
-      _check_rows(rows, f"plot_comparison_curves[{method!r}]")
-  all_runs = [rows for runs in runs_by_method.values() for rows in runs]
-  present = _present_keys(all_runs, keys)
-  fig = Figure(figsize=(4.2 * len(present), 3.2 + 0.2 * len(runs_by_method)), layout="constrained")
-  axes = fig.subplots(1, len(present), squeeze=False)[0]
-  colours = [f"C{i % 10}" for i in range(len(runs_by_method))]
-  # Distinguish >10 methods by line style as well as colour.
-  styles = ["-", "--", ":", "-."]
-  for ax, key in zip(axes, present, strict=True):
-    shown = []
-    for i, (method, runs) in enumerate(runs_by_method.items()):
-      steps, mean, low, high = seed_band(runs, key, band)
-      if steps.size == 0:
-        continue
-      ls = styles[(i // 10) % len(styles)]
-      label = f"{method} (n={len(runs)})"
-      ax.plot(steps, mean, color=colours[i], linestyle=ls, linewidth=1.3, label=label)
-      ax.fill_between(steps, low, high, color=colours[i], alpha=0.15, linewidth=0)
-      shown.append(mean)
-    _style_axis(ax, key, np.concatenate(shown) if shown else np.zeros((0,)))
-  # One legend for all panels: a method may have values for some keys only.
-  legend: dict[str, object] = {}
-  for ax in axes:
-    for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-      legend.setdefault(label, h)
-  handles, labels = list(legend.values()), list(legend)
-  missing = [m for m, runs in runs_by_method.items() if not any(r for r in runs)]
-  for method in missing:
-    (h,) = axes[0].plot([], [], color="none")
-    handles.append(h)
-    labels.append(f"{method} (no data)")
-  fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=7)
-  band_text = "min–max over seeds" if band is Band.MINMAX else "mean ± std over seeds"
-  fig.suptitle(f"{title + ': ' if title else ''}mean, band = {band_text}", fontsize=10)
   return fig

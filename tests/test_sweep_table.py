@@ -1,4 +1,4 @@
-"""Tests for attnlab.table: run statuses, results.csv, table.md numbers and order, rebuild."""
+"""Tests for attnlab.sweep.table: run statuses, results.csv, table.md numbers and order, rebuild."""
 
 import csv
 import json
@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from attnlab import table
+from attnlab.sweep import table
+from attnlab.training import rundir
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +37,13 @@ def _summary(test_acc, steps90=None, steps99=None, var1=1e-6, **extra):
 
 
 def _write_run(workdir, task, method, seed, summary=None, metrics=None):
-  path = table.run_dir(str(workdir), task, method, seed)
+  path = rundir.run_dir(str(workdir), task, method, seed)
   os.makedirs(path, exist_ok=True)
   if summary is not None:
-    with open(os.path.join(path, table.SUMMARY_JSON), "w") as f:
+    with open(os.path.join(path, rundir.SUMMARY_FILE), "w") as f:
       json.dump(summary, f)
   rows = metrics or [{"step": 10, "val/seq_accuracy": 0.5}, {"step": 20, "val/seq_accuracy": 1.0}]
-  with open(os.path.join(path, table.METRICS_JSONL), "w") as f:
+  with open(os.path.join(path, rundir.METRICS_FILE), "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in rows))
   return path
 
@@ -51,15 +52,15 @@ def _write_run(workdir, task, method, seed, summary=None, metrics=None):
 def sweep(tmp_path):
   """copy × (soft, hard, broken) × seeds 0-2, hard with one interrupted seed, broken failed."""
   grid = table.Grid(("copy",), ("soft", "hard", "broken"), (0, 1, 2), hardware="test box")
-  with open(tmp_path / table.GRID_JSON, "w") as f:
-    f.write(grid.to_json())
+  with open(tmp_path / rundir.GRID_FILE, "w") as f:
+    json.dump(grid.to_dict(), f)
   for seed, (acc, s90, s99) in enumerate([(1.0, 100, 150), (0.98, 120, None), (0.96, 140, 300)]):
     _write_run(tmp_path, "copy", "soft", seed, _summary(acc, s90, s99, var1=10.0 ** -(seed + 6)))
   _write_run(tmp_path, "copy", "hard", 0, _summary(0.5, val_extra=[1, 2]))
   _write_run(tmp_path, "copy", "hard", 1, _summary(0.7, 400, None))
   _write_run(tmp_path, "copy", "hard", 2, {"completed": False})  # interrupted.
-  os.makedirs(table.group_dir(str(tmp_path), "copy", "broken"))
-  with open(os.path.join(table.group_dir(str(tmp_path), "copy", "broken"), "error.txt"), "w") as f:
+  os.makedirs(rundir.group_dir(str(tmp_path), "copy", "broken"))
+  with open(os.path.join(rundir.group_dir(str(tmp_path), "copy", "broken"), "error.txt"), "w") as f:
     f.write("Traceback (most recent call last):\n  ...\nValueError: boom\n")
   return tmp_path, grid
 
@@ -80,8 +81,8 @@ def test_collect_results_statuses_in_grid_order(sweep):
   ]
   assert rows[6]["error"] == "ValueError: boom"
   assert rows[0]["test/seq_accuracy"] == 1.0 and "completed" not in rows[0]
-  assert table.is_finished(table.run_dir(str(workdir), "copy", "soft", 0))
-  assert not table.is_finished(table.run_dir(str(workdir), "copy", "hard", 2))
+  assert rundir.is_finished(rundir.run_dir(str(workdir), "copy", "soft", 0))
+  assert not rundir.is_finished(rundir.run_dir(str(workdir), "copy", "hard", 2))
   # A seed that was never started is "missing".
   more = table.Grid(("copy",), ("soft",), (0, 7))
   assert [r["status"] for r in table.collect_results(str(workdir), more)] == [
@@ -153,8 +154,8 @@ def test_lenient_alignment_shown_when_it_differs(tmp_path):
 
 def test_discover_grid_without_grid_json(sweep):
   workdir, _ = sweep
-  os.remove(workdir / table.GRID_JSON)
-  os.makedirs(workdir / table.PLOTS_DIR)  # not a task.
+  os.remove(workdir / rundir.GRID_FILE)
+  os.makedirs(workdir / rundir.PLOTS_DIR)  # not a task.
   grid = table.discover_grid(str(workdir))
   assert grid.tasks == ("copy",)
   assert grid.methods == ("broken", "hard", "soft")
@@ -163,22 +164,12 @@ def test_discover_grid_without_grid_json(sweep):
     table.discover_grid(str(workdir / "copy" / "soft" / "seed_0"))
 
 
-def test_grid_json_round_trip_and_unknown_key():
+def test_grid_round_trip_through_grid_json_and_unknown_key(tmp_path):
   grid = table.Grid(("copy",), ("soft",), (0, 1), hardware="x", eval_mode="greedy")
-  assert table.Grid.from_json(grid.to_json()) == grid
+  table.write_grid(str(tmp_path), grid)
+  assert table.discover_grid(str(tmp_path)) == grid
   with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
-    table.Grid.from_json(json.dumps({"tasks": [], "methods": [], "seeds": [], "colour": 1}))
-
-
-def test_read_metrics_ignores_a_torn_last_line_only(tmp_path):
-  path = _write_run(tmp_path, "copy", "soft", 0)
-  with open(os.path.join(path, table.METRICS_JSONL), "a") as f:
-    f.write('{"step": 30, "val/seq')
-  assert [r["step"] for r in table.read_metrics(path)] == [10, 20]
-  with open(os.path.join(path, table.METRICS_JSONL), "a") as f:
-    f.write("\n" + json.dumps({"step": 40}) + "\n")
-  with pytest.raises(ValueError, match="line 3 is not JSON"):
-    table.read_metrics(path)
+    table.Grid.from_dict({"tasks": [], "methods": [], "seeds": [], "colour": 1})
 
 
 def test_experiments_table_rebuilds_files_and_plots(sweep):
@@ -192,5 +183,5 @@ def test_experiments_table_rebuilds_files_and_plots(sweep):
   )
   assert result.returncode == 0, result.stderr
   assert "5/9 runs completed" in result.stdout
-  for name in (table.RESULTS_CSV, table.TABLE_MD, os.path.join(table.PLOTS_DIR, "copy.png")):
+  for name in (rundir.RESULTS_FILE, rundir.TABLE_FILE, os.path.join(rundir.PLOTS_DIR, "copy.png")):
     assert os.path.getsize(workdir / name) > 0

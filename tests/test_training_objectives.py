@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attnlab import objectives, tasks
+from attnlab import tasks
+from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules import RNNConfig, build_model
-from attnlab.objectives import Baseline, Credit, Objective, ObjectiveConfig
+from attnlab.training import objectives
+from attnlab.training.objectives import Objective, ObjectiveConfig
 
 TASK = tasks.get_task("reverse", train_lengths=(2, 5), ood_lengths=(6, 7))
 
@@ -146,7 +148,7 @@ def test_every_objective_jits_and_matches_eager():
     ObjectiveConfig(objective="reinforce", baseline="learned", entropy_coef=0.01),
     ObjectiveConfig(objective="reinforce", mix_probability=0.5, mix_scope="per_batch"),
   ):
-    if cfg.baseline is Baseline.LEARNED:
+    if cfg.baseline is BaselineKind.LEARNED:
       model, params, batch = _setup(learned_baseline=True)
     state = objectives.init_objective_state(cfg, batch.targets.shape[1])
     key = jax.random.key(6)
@@ -175,7 +177,7 @@ def test_config_errors_name_key_and_choices():
     ObjectiveConfig(objective="reinforce", baseline="rloo", num_samples=1)
   with pytest.raises(ValueError, match="mix_probability"):
     ObjectiveConfig(mix_probability=1.5)
-  assert ObjectiveConfig(credit="reward_to_go").credit is Credit.REWARD_TO_GO
+  assert ObjectiveConfig(credit="reward_to_go").credit is CreditAssignment.REWARD_TO_GO
   assert (
     dataclasses.replace(ObjectiveConfig(), objective="marginal").objective is Objective.MARGINAL
   )
@@ -185,3 +187,11 @@ def test_enumeration_needs_position_logits():
   model, params, batch = _setup(feedback="sampled")
   with pytest.raises(ValueError, match="feedback"):
     _loss(model, params, batch, ObjectiveConfig(objective="hard_enum"))
+
+
+@pytest.mark.parametrize("objective", ["hard_enum", "reinforce"])
+def test_entropy_bonus_subtracts_the_mean_entropy_times_its_coefficient(objective):
+  model, params, batch = _setup()
+  plain, aux = _loss(model, params, batch, ObjectiveConfig(objective=objective))
+  bonus, _ = _loss(model, params, batch, ObjectiveConfig(objective=objective, entropy_coef=0.1))
+  np.testing.assert_allclose(plain - bonus, 0.1 * aux.metrics["attention_entropy"], rtol=1e-4)

@@ -22,51 +22,24 @@ unbiased estimate of the ``HARD_ENUM`` loss's gradient (the probe measures exact
 from __future__ import annotations
 
 import dataclasses
-import enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from attnlab import estimators, metrics, tasks
+from attnlab.enums import Choice
 from attnlab.modules.outputs import Seq2SeqOutput
 
 
-class Objective(enum.Enum):
+class Objective(Choice):
   """What the loss optimises (see the module docstring)."""
 
-  SOFT = "soft"
-  MARGINAL = "marginal"
-  HARD_ENUM = "hard_enum"
-  REINFORCE = "reinforce"
-
-
-class Baseline(enum.Enum):
-  """Variance-reduction baseline for ``REINFORCE``."""
-
-  NONE = "none"  # b = 0.
-  EMA = "ema"  # per-target-step moving average of the return (Xu et al. 2015).
-  LEARNED = "learned"  # value head on the decoder state, regressed on the return (Mnih 2014).
-  RLOO = "rloo"  # mean return of the other K-1 samples (Kool et al. 2019).
-  SOFT = "soft"  # return of the deterministic soft context (Deng et al. 2018).
-
-
-class Credit(enum.Enum):
-  """Which return multiplies ``∇ log α(z_t)``."""
-
-  PER_STEP = "per_step"  # log p(y_t | z_t): exact credit when z_t only affects step t.
-  REWARD_TO_GO = "reward_to_go"  # Σ_{t' >= t} log p(y_t' | z_≤t'): unbiased in general.
-
-
-def parse_enum(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
-  """Parses ``value`` into ``enum_cls``; the error names the key and lists valid values."""
-  if isinstance(value, enum_cls):
-    return value
-  valid = [m.value for m in enum_cls]
-  if value not in valid:
-    raise ValueError(f"{name}={value!r} is not valid; choose one of {valid}.")
-  return enum_cls(value)
+  SOFT = "soft"  # token NLL of the model's own (soft, sparse, relaxed) context.
+  MARGINAL = "marginal"  # exact marginal likelihood, by enumerating the alignments.
+  HARD_ENUM = "hard_enum"  # hard attention's Jensen bound with its exact gradient.
+  REINFORCE = "reinforce"  # the same bound, its gradient estimated from K samples.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +48,14 @@ class ObjectiveConfig:
 
   Attributes:
     objective: an :class:`Objective`.
-    baseline: a :class:`Baseline` (REINFORCE only).
+    baseline: an :class:`attnlab.estimators.BaselineKind` (REINFORCE only): ``EMA`` is a
+      per-target-step average of the return, ``LEARNED`` a value head on the decoder state,
+      ``RLOO`` the mean return of the other K-1 samples, ``SOFT`` the return of the soft
+      context under the same decoder states.
     num_samples: K alignments sampled per example (REINFORCE; RLOO needs K >= 2).
-    credit: a :class:`Credit` (REINFORCE only).
+    credit: an :class:`attnlab.estimators.CreditAssignment` (REINFORCE only): which return
+      multiplies ``∇ log α(z_t)``, e.g. ``PER_STEP`` ``log p(y_t | z_t)``, exact credit when
+      ``z_t`` only affects step ``t``, or ``REWARD_TO_GO``, unbiased in general.
     entropy_coef: weight of the attention-entropy bonus (Xu et al. 2015 used 0.002).
     mix_probability: probability of using the expected context instead of the sample.
     mix_scope: :class:`attnlab.estimators.MixScope`, per example or per batch.
@@ -86,9 +64,9 @@ class ObjectiveConfig:
   """
 
   objective: Objective = Objective.SOFT
-  baseline: Baseline = Baseline.NONE
+  baseline: estimators.BaselineKind = estimators.BaselineKind.NONE
   num_samples: int = 1
-  credit: Credit = Credit.PER_STEP
+  credit: estimators.CreditAssignment = estimators.CreditAssignment.PER_STEP
   entropy_coef: float = 0.0
   mix_probability: float = 0.0
   mix_scope: estimators.MixScope = estimators.MixScope.PER_EXAMPLE
@@ -98,14 +76,14 @@ class ObjectiveConfig:
   def __post_init__(self):
     for field, cls in (
       ("objective", Objective),
-      ("baseline", Baseline),
-      ("credit", Credit),
+      ("baseline", estimators.BaselineKind),
+      ("credit", estimators.CreditAssignment),
       ("mix_scope", estimators.MixScope),
     ):
-      object.__setattr__(self, field, parse_enum(cls, getattr(self, field), field))
+      object.__setattr__(self, field, cls.parse(getattr(self, field), name=field))
     if self.num_samples < 1:
       raise ValueError(f"num_samples={self.num_samples} must be >= 1.")
-    if self.baseline is Baseline.RLOO and self.num_samples < 2:
+    if self.baseline is estimators.BaselineKind.RLOO and self.num_samples < 2:
       raise ValueError(f"baseline=rloo needs num_samples >= 2, got {self.num_samples}.")
     if not 0.0 <= self.mix_probability <= 1.0:
       raise ValueError(f"mix_probability={self.mix_probability} must be in [0, 1].")
@@ -174,9 +152,16 @@ def _enumerated(out, batch, source_mask_BxS, per_position_fn):
   return over_steps(log_alpha_BxTxS, log_lik_BxTxS, mask_BxTxS)  # [B, T]
 
 
-def _returns(rewards_BxT, mask_BxT, credit: Credit):
-  """Per-step returns ``[B, T]`` (0 at padded steps); ``mask_BxT`` is bool."""
-  return jax.vmap(estimators.assign_credit, (0, 0, None))(rewards_BxT, mask_BxT, credit.value)
+def _returns(rewards_KxBxT, mask_KxBxT, credit: estimators.CreditAssignment):
+  """Per-step returns ``[K, B, T]`` (0 at padded steps); ``mask_KxBxT`` is bool."""
+  over_sequences = jax.vmap(jax.vmap(estimators.assign_credit, (0, 0, None)), (0, 0, None))
+  return over_sequences(rewards_KxBxT, mask_KxBxT, credit)
+
+
+def _entropy_bonus(entropy: chex.Array, mask: chex.Array, coefficient: float) -> chex.Array:
+  """The entropy bonus per unpadded token (a mean, like every term of the loss)."""
+  num_tokens = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+  return estimators.entropy_bonus(entropy, mask, coefficient) / num_tokens
 
 
 def _apply(model, params, batch, key, *, enumerate_positions=False):
@@ -202,7 +187,7 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   mask_f = mask_KxBxT.astype(jnp.float32)
   # The soft readout is computed only when used (a Transformer needs a second decoder
   # pass for it); otherwise XLA drops it from the program.
-  needs_soft = cfg.baseline is Baseline.SOFT or cfg.mix_probability > 0.0
+  needs_soft = cfg.baseline is estimators.BaselineKind.SOFT or cfg.mix_probability > 0.0
   soft_log_lik_KxBxT = (
     jax.vmap(_token_log_likelihood, (0, None))(outs.soft_logits, batch.targets)
     if needs_soft
@@ -214,35 +199,39 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   used_log_lik = log_lik_KxBxT
   if cfg.mix_probability > 0.0:
     batch_size = target_mask_BxT.shape[0]
+    mix_keys = jax.random.split(mix_key, cfg.num_samples)
+    # The same key gives the same coins: the mask says which examples used the expectation.
     use_soft_KxB = jax.vmap(
       lambda k: estimators.expectation_mask(k, batch_size, cfg.mix_probability, cfg.mix_scope)
-    )(jax.random.split(mix_key, cfg.num_samples))
+    )(mix_keys)
     use_soft_KxBxT = jnp.broadcast_to(use_soft_KxB[:, :, None], log_lik_KxBxT.shape)
-    used_log_lik = jnp.where(use_soft_KxBxT, soft_log_lik_KxBxT, log_lik_KxBxT)
+    used_log_lik = jax.vmap(
+      lambda k, sampled, expected: estimators.mix_with_expectation(
+        k, sampled, expected, cfg.mix_probability, cfg.mix_scope
+      )
+    )(mix_keys, log_lik_KxBxT, soft_log_lik_KxBxT)
 
-  returns_KxBxT = jax.vmap(_returns, (0, 0, None))(log_lik_KxBxT, mask_KxBxT, cfg.credit)
+  returns_KxBxT = _returns(log_lik_KxBxT, mask_KxBxT, cfg.credit)
   extra_loss = jnp.zeros((), jnp.float32)
-  if cfg.baseline is Baseline.NONE:
-    baseline_KxBxT = jnp.zeros_like(returns_KxBxT)
-  elif cfg.baseline is Baseline.EMA:
-    ema_T = estimators.ema_baseline_value(state.ema)
-    baseline_KxBxT = jnp.broadcast_to(
-      ema_T[None, None, : returns_KxBxT.shape[-1]], returns_KxBxT.shape
-    )
-  elif cfg.baseline is Baseline.LEARNED:
+  if cfg.baseline is estimators.BaselineKind.LEARNED:
     if outs.baseline is None:
       raise ValueError("baseline=learned needs a model built with learned_baseline=True.")
-    baseline_KxBxT = outs.baseline
     # Per-token mean, like the bound, so the coefficient does not scale with batch or K.
     extra_loss = (
       cfg.baseline_loss_coef
       * estimators.learned_baseline_loss(outs.baseline, returns_KxBxT, mask_KxBxT)
       / jnp.maximum(jnp.sum(mask_f), 1.0)
     )
-  elif cfg.baseline is Baseline.RLOO:
-    baseline_KxBxT = estimators.leave_one_out_baseline(returns_KxBxT)
-  else:  # Baseline.SOFT: the soft context's return under the same decoder states.
-    baseline_KxBxT = jax.vmap(_returns, (0, 0, None))(soft_log_lik_KxBxT, mask_KxBxT, cfg.credit)
+  baseline_KxBxT = estimators.select_baseline(
+    cfg.baseline,
+    returns_KxBxT,
+    ema_state=state.ema,
+    prediction=outs.baseline,
+    # The soft context's return under the same decoder states.
+    soft_reward=_returns(soft_log_lik_KxBxT, mask_KxBxT, cfg.credit)
+    if cfg.baseline is estimators.BaselineKind.SOFT
+    else None,
+  )
 
   score_mask = mask_KxBxT & ~use_soft_KxBxT
   surrogate = estimators.score_function_surrogate(
@@ -259,7 +248,7 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
       mask_KxBxT.reshape((-1, mask_KxBxT.shape[-1])),
       decay=cfg.ema_decay,
     )
-    if cfg.baseline is Baseline.EMA
+    if cfg.baseline is estimators.BaselineKind.EMA
     else state.ema
   )
   advantage = jax.lax.stop_gradient(returns_KxBxT - baseline_KxBxT)
@@ -272,7 +261,8 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
       (jnp.argmax(outs.logits, -1) == batch.targets[None]).astype(jnp.float32), mask_KxBxT
     ),
   }
-  return bound_loss, extra_loss - cfg.entropy_coef * entropy, metric_values, new_state
+  bonus = _entropy_bonus(outs.attention.entropy, mask_KxBxT, cfg.entropy_coef)
+  return bound_loss, extra_loss - bonus, metric_values, new_state
 
 
 def _objective_terms(params, model, batch, key, cfg, state):
@@ -297,7 +287,8 @@ def _objective_terms(params, model, batch, key, cfg, state):
     per_step_BxT = _enumerated(out, batch, source_mask_BxS, estimators.enumerated_bound)
   loss = -_masked_mean(per_step_BxT, target_mask_BxT)
   metric_values = {"nll": loss, "attention_entropy": entropy, "token_accuracy": token_accuracy}
-  return loss, -cfg.entropy_coef * entropy, metric_values, state
+  bonus = _entropy_bonus(out.attention.entropy, target_mask_BxT, cfg.entropy_coef)
+  return loss, -bonus, metric_values, state
 
 
 def loss_fn(params, model, batch, key, cfg: ObjectiveConfig, state: ObjectiveState):

@@ -1,4 +1,4 @@
-"""Tests for attnlab.compare and configs/compare.py: grid, resume, failure isolation, checks."""
+"""Tests for attnlab.sweep (plan, run) and configs/compare.py: grid, resume, failures, checks."""
 
 import csv
 import json
@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from attnlab import compare, table
+from attnlab.sweep import plan, run, table
+from attnlab.training import rundir
 from configs import compare as compare_config
 
 _PROGRESS = re.compile(
@@ -16,7 +17,7 @@ _PROGRESS = re.compile(
 
 
 class FakeTrain:
-  """Stands in for attnlab.train.train_seeds: writes what the trainer writes, records calls."""
+  """Stands in for attnlab.training.loop.train_seeds: writes what it writes, records calls."""
 
   def __init__(self, fail_on=()):
     self.calls = []
@@ -29,7 +30,7 @@ class FakeTrain:
     for seed, workdir in zip(seeds, workdirs, strict=True):
       os.makedirs(workdir, exist_ok=True)
       rows = [{"step": s, "val/seq_accuracy": min(1.0, s / (100 + seed))} for s in (50, 100, 150)]
-      with open(os.path.join(workdir, table.METRICS_JSONL), "w") as f:
+      with open(os.path.join(workdir, rundir.METRICS_FILE), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
       summary = {
         "completed": True,
@@ -38,7 +39,7 @@ class FakeTrain:
         "grad/variance@1": 1e-6,
         "ms_per_step": 5.0,
       }
-      with open(os.path.join(workdir, table.SUMMARY_JSON), "w") as f:
+      with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
         json.dump(summary, f)
     return [{}] * len(seeds)
 
@@ -53,12 +54,12 @@ def _smoke():
 
 def _run(config, workdir, train_fn, **kw):
   lines = []
-  report = compare.run_comparison(config, str(workdir), train_fn=train_fn, log=lines.append, **kw)
+  report = run.run_comparison(config, str(workdir), train_fn=train_fn, log=lines.append, **kw)
   return report, lines
 
 
 def _csv_rows(workdir):
-  with open(os.path.join(workdir, table.RESULTS_CSV)) as f:
+  with open(os.path.join(workdir, rundir.RESULTS_FILE)) as f:
     return list(csv.DictReader(f))
 
 
@@ -102,8 +103,8 @@ def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   ]
   assert lines[-1].startswith("runs: 8 trained, 0 skipped (already finished), 0 failed")
   assert sorted(os.path.basename(p) for p in report.plots) == ["copy.png", "reverse.png"]
-  with open(tmp_path / table.GRID_JSON) as f:
-    grid = table.Grid.from_json(f.read())
+  with open(tmp_path / rundir.GRID_FILE) as f:
+    grid = table.Grid.from_dict(json.load(f))
   assert grid.methods == ("soft_additive", "reinforce_ema") and "CPU" in grid.hardware
 
 
@@ -118,7 +119,7 @@ def test_rerun_skips_finished_runs_and_resumes_unfinished_seeds(tmp_path):
   assert lines[-1].startswith("runs: 0 trained, 8 skipped")
   # An interrupted seed (no completed summary) is the only one retrained.
   os.remove(
-    os.path.join(table.run_dir(str(tmp_path), "reverse", "soft_additive", 1), "summary.json")
+    os.path.join(rundir.run_dir(str(tmp_path), "reverse", "soft_additive", 1), "summary.json")
   )
   fake = FakeTrain()
   report, lines = _run(config, tmp_path, fake, with_plots=False)
@@ -140,7 +141,7 @@ def test_failing_group_is_reported_and_the_rest_still_runs(tmp_path):
   assert "FAILED: RuntimeError: injected failure on copy" in lines[0]
   assert "failed: copy/soft_additive: RuntimeError: injected failure on copy" in lines[-1]
   assert "4 trained, 0 skipped (already finished), 4 failed" in lines[-1]
-  error_path = os.path.join(table.group_dir(str(tmp_path), "copy", "soft_additive"), "error.txt")
+  error_path = os.path.join(rundir.group_dir(str(tmp_path), "copy", "soft_additive"), "error.txt")
   with open(error_path) as f:
     assert "Traceback" in f.read()
   statuses = [(r["task"], r["status"], r["error"]) for r in _csv_rows(tmp_path)]
@@ -179,19 +180,20 @@ def test_bad_grid_fails_before_training(tmp_path, field, value, message):
   fake = FakeTrain()
   with pytest.raises(ValueError, match=message):
     _run(config, tmp_path, fake)
-  assert fake.calls == [] and not os.path.exists(tmp_path / table.RESULTS_CSV)
+  assert fake.calls == [] and not os.path.exists(tmp_path / rundir.RESULTS_FILE)
 
 
 def test_bad_overrides_fail_before_training_naming_them(tmp_path):
   config = _smoke()
   config.methods.reinforce_ema.estimator.baseline = "emma"  # invalid value.
   with pytest.raises(ValueError, match=r"copy/reinforce_ema: .*'emma'.*valid choices"):
-    compare.plan(config, str(tmp_path))
+    plan.plan(config, str(tmp_path))
   config = _smoke()
-  with pytest.raises(ValueError, match=r"method 'x': unknown config key 'model.atention'; valid"):
-    compare.apply_overrides(config.base, {"model": {"atention": "hard"}}, where="method 'x'")
-  with pytest.raises(ValueError, match=r"bad value 'many' for 'estimator.num_samples'"):
-    compare.apply_overrides(config.base, {"estimator": {"num_samples": "many"}}, where="m")
+  config.methods.reinforce_ema.model.atention = "hard"  # unknown key.
+  with pytest.raises(
+    ValueError, match=r"method 'reinforce_ema': unknown config key 'model.atention'"
+  ):
+    plan.plan(config, str(tmp_path))
   with pytest.raises(ValueError, match=r"unknown compare preset 'huge'; valid presets"):
     compare_config.get_config("huge")
   with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; valid methods"):
@@ -200,18 +202,16 @@ def test_bad_overrides_fail_before_training_naming_them(tmp_path):
 
 def test_run_config_layers_task_and_method_overrides():
   config = compare_config.get_config("default")
-  run = compare.run_config(config, "sort", "reinforce_rloo4")
+  run = plan.run_config(config, "sort", "reinforce_rloo4")
   assert (run.task, run.model.attention, run.estimator.baseline) == ("sort", "hard", "rloo")
   assert run.estimator.num_samples == 4 and run.model.score == config.base.model.score
   assert config.base.model.attention == "soft"  # the base is not modified.
-  assert compare.nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-  assert dict(compare.flatten({"a": {"b": 1, "c": {}}, "d": 3})) == {"a.b": 1, "a.c": {}, "d": 3}
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "full", "default:marginal,gumbel_st"])
 def test_every_preset_plans_valid_run_configs(tmp_path, arg):
   config = compare_config.get_config(arg)
-  groups = compare.plan(config, str(tmp_path))  # parse_config on every run config.
+  groups = plan.plan(config, str(tmp_path))  # parse_config on every run config.
   assert len(groups) == len(config.tasks) * len(config.method_names)
   assert all(g.pending == tuple(config.seeds) for g in groups)
   if arg is None:
@@ -221,7 +221,7 @@ def test_every_preset_plans_valid_run_configs(tmp_path, arg):
 def test_measure_seed_speedup_trains_vmapped_then_one_seed_at_a_time(tmp_path):
   config = _smoke()
   fake = FakeTrain()
-  result = compare.measure_seed_speedup(
+  result = run.measure_seed_speedup(
     config, str(tmp_path), task="reverse", method="reinforce_ema", train_fn=fake, log=print
   )
   assert fake.calls == [
@@ -234,15 +234,15 @@ def test_measure_seed_speedup_trains_vmapped_then_one_seed_at_a_time(tmp_path):
   )
   assert result["vmapped_ms_per_step"] == 5.0
   with pytest.raises(ValueError, match="fresh workdir"):
-    compare.measure_seed_speedup(config, str(tmp_path), task="reverse", method="reinforce_ema")
+    run.measure_seed_speedup(config, str(tmp_path), task="reverse", method="reinforce_ema")
 
 
 def test_real_trainer_end_to_end_fills_the_table(tmp_path):
-  """The default train_fn (attnlab.train.train_seeds) on a 1 × 1 × 2 grid."""
+  """The default train_fn (attnlab.training.loop.train_seeds) on a 1 × 1 × 2 grid."""
   config = _smoke()
   config.tasks = ("copy",)
   config.method_names = ("reinforce_ema",)
-  report = compare.run_comparison(config, str(tmp_path), log=print, with_plots=False)
+  report = run.run_comparison(config, str(tmp_path), log=print, with_plots=False)
   assert report.failed == ()
   (row_a, row_b) = _csv_rows(tmp_path)
   assert row_a["status"] == row_b["status"] == "completed"
@@ -280,4 +280,4 @@ def test_num_workers_is_validated(tmp_path):
   config = _smoke()
   config.num_workers = 0
   with pytest.raises(ValueError, match="num_workers=0"):
-    compare.run_comparison(config, str(tmp_path), train_fn=FakeTrain())
+    run.run_comparison(config, str(tmp_path), train_fn=FakeTrain())

@@ -1,17 +1,11 @@
-"""Results of a comparison sweep: the run layout, ``results.csv`` and the markdown table.
+"""Results of a comparison sweep: ``results.csv`` and the markdown table, read from its runs.
 
-A sweep directory holds one run per (task, method, seed)::
-
-  DIR/grid.json                          what was asked for (tasks, methods, seeds, hardware)
-  DIR/<task>/<method>/seed_<n>/          one run: config.json, metrics.jsonl, summary.json
-  DIR/<task>/<method>/error.txt          traceback, when training that group failed
-  DIR/results.csv, DIR/table.md          written by :func:`rebuild`
-  DIR/plots/<task>.png                   learning curves, one line per method (mean and band)
-
-Everything here only reads run directories; nothing trains. The table leads with what separates
-methods on toy tasks (Deng et al. 2018 and our calibration runs: final in-distribution accuracy is
-often 100% for every method): steps and seconds to 90% / 99% validation accuracy with the fraction
-of seeds that got there, the spread over seeds, and gradient variance probed at fixed early steps.
+The sweep directory's layout, and every read of it, belong to :mod:`attnlab.training.rundir`;
+everything here only reads run directories (nothing trains) and writes ``results.csv``,
+``table.md`` and ``plots/<task>.png``. The table leads with what separates methods on toy tasks
+(Deng et al. 2018 and our calibration runs: final in-distribution accuracy is often 100% for
+every method): steps and seconds to 90% / 99% validation accuracy with the fraction of seeds
+that got there, the spread over seeds, and gradient variance probed at fixed early steps.
 """
 
 from __future__ import annotations
@@ -19,36 +13,27 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import enum
+import io
 import json
 import math
 import os
 import platform
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from attnlab import plots
-
-GRID_JSON = "grid.json"
-RESULTS_CSV = "results.csv"
-TABLE_MD = "table.md"
-ERROR_TXT = "error.txt"
-SUMMARY_JSON = "summary.json"
-METRICS_JSONL = "metrics.jsonl"
-PLOTS_DIR = "plots"
-_SEED_PREFIX = "seed_"
-_GRAD_VARIANCE_PREFIX = "grad/variance@"
+from attnlab.sweep import plots
+from attnlab.training import rundir
+from attnlab.training.rundir import RunStatus
 
 # Columns of results.csv that identify a run; metrics from summary.json follow.
 ID_COLUMNS = ("task", "method", "seed", "status", "error")
 # summary.json metrics in the order they lead results.csv (probe variances and any other keys
 # the trainer writes follow, so no metric is dropped).
 SUMMARY_KEYS = (
-  "steps_to_val_seq_acc_0.9",
-  "steps_to_val_seq_acc_0.99",
-  "seconds_to_val_seq_acc_0.9",
-  "seconds_to_val_seq_acc_0.99",
+  *(rundir.steps_to_key(t) for t in rundir.THRESHOLDS),
+  *(rundir.seconds_to_key(t) for t in rundir.THRESHOLDS),
   "test/seq_accuracy",
   "test/token_accuracy",
   "ood/seq_accuracy",
@@ -58,16 +43,8 @@ SUMMARY_KEYS = (
   "ms_per_step",
   "train_seconds",
 )
-_IGNORED_SUMMARY_KEYS = ("completed", *ID_COLUMNS)
-
-
-class RunStatus(enum.Enum):
-  """State of one run directory."""
-
-  COMPLETED = "completed"  # summary.json with completed: true.
-  FAILED = "failed"  # its group raised; DIR/<task>/<method>/error.txt holds the traceback.
-  INCOMPLETE = "incomplete"  # started but not finished (interrupted); rerun to resume.
-  MISSING = "missing"  # never started.
+_IGNORED_SUMMARY_KEYS = (rundir.COMPLETED_KEY, *ID_COLUMNS)
+_PROBE_METRIC = "grad/variance"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +65,19 @@ class Grid:
   hardware: str = ""
   eval_mode: str = "greedy decoding"
 
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
+  def to_dict(self) -> dict[str, Any]:
+    """The JSON object of ``grid.json``."""
+    return dataclasses.asdict(self)
 
   @classmethod
-  def from_json(cls, text: str) -> Grid:
-    raw = json.loads(text)
+  def from_dict(cls, raw: Mapping[str, Any]) -> Grid:
+    """The grid of a ``grid.json`` object; unknown keys raise ``ValueError`` listing valid ones."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-      raise ValueError(f"unknown keys {unknown} in {GRID_JSON}; valid keys: {sorted(fields)}.")
+      raise ValueError(
+        f"unknown keys {unknown} in {rundir.GRID_FILE}; valid keys: {sorted(fields)}."
+      )
     return cls(
       tasks=tuple(raw["tasks"]),
       methods=tuple(raw["methods"]),
@@ -119,76 +99,22 @@ def hardware_description() -> str:
   )
 
 
-def run_dir(workdir: str, task: str, method: str, seed: int) -> str:
-  """``DIR/<task>/<method>/seed_<n>``: where one run writes its outputs."""
-  return os.path.join(workdir, task, method, f"{_SEED_PREFIX}{int(seed)}")
-
-
-def group_dir(workdir: str, task: str, method: str) -> str:
-  """``DIR/<task>/<method>``: the seeds of one method on one task (and its ``error.txt``)."""
-  return os.path.join(workdir, task, method)
-
-
-def read_summary(path: str) -> dict | None:
-  """The run's ``summary.json`` as a dict, or ``None`` if absent or unreadable (mid-write)."""
-  try:
-    with open(os.path.join(path, SUMMARY_JSON)) as f:
-      summary = json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
-  return summary if isinstance(summary, dict) else None
-
-
-def is_finished(path: str) -> bool:
-  """True iff ``path/summary.json`` exists and says ``completed: true``."""
-  summary = read_summary(path)
-  return summary is not None and summary.get("completed") is True
-
-
-def read_metrics(path: str) -> list[dict]:
-  """The run's ``metrics.jsonl`` rows; a torn last line (run killed mid-write) is ignored."""
-  rows = []
-  try:
-    with open(os.path.join(path, METRICS_JSONL)) as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    return rows
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as err:
-      if i != len(lines) - 1:
-        raise ValueError(
-          f"{path}/{METRICS_JSONL}: line {i + 1} is not JSON: {line[:80]!r}"
-        ) from err
-  return rows
-
-
-def _error_line(workdir: str, task: str, method: str) -> str | None:
-  path = os.path.join(group_dir(workdir, task, method), ERROR_TXT)
-  try:
-    with open(path) as f:
-      lines = [line.strip() for line in f if line.strip()]
-  except FileNotFoundError:
-    return None
-  # The last line of a traceback is the exception itself: the useful summary.
-  return lines[-1] if lines else "unknown error"
+def write_grid(workdir: str, grid: Grid) -> str:
+  """Writes the sweep's ``grid.json`` (atomically); returns its path."""
+  return rundir.write_json(os.path.join(workdir, rundir.GRID_FILE), grid.to_dict())
 
 
 def discover_grid(workdir: str) -> Grid:
-  """The sweep's ``grid.json`` if present, else the tasks/methods/seeds found on disk, sorted."""
-  path = os.path.join(workdir, GRID_JSON)
-  if os.path.exists(path):
-    with open(path) as f:
-      return Grid.from_json(f.read())
+  """The sweep's ``grid.json`` if readable, else the tasks/methods/seeds found on disk, sorted."""
+  raw = rundir.read_json(os.path.join(workdir, rundir.GRID_FILE))
+  if raw is not None:
+    return Grid.from_dict(raw)
   tasks, methods, seeds = set(), set(), set()
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"no sweep directory {workdir!r}.")
   for task in os.listdir(workdir):
     task_path = os.path.join(workdir, task)
-    if task == PLOTS_DIR or task.startswith(".") or not os.path.isdir(task_path):
+    if task == rundir.PLOTS_DIR or task.startswith(".") or not os.path.isdir(task_path):
       continue
     for method in os.listdir(task_path):
       method_path = os.path.join(task_path, method)
@@ -196,11 +122,11 @@ def discover_grid(workdir: str) -> Grid:
         continue
       tasks.add(task)
       methods.add(method)
-      for name in os.listdir(method_path):
-        if name.startswith(_SEED_PREFIX) and name[len(_SEED_PREFIX) :].isdigit():
-          seeds.add(int(name[len(_SEED_PREFIX) :]))
+      seeds.update(s for s in map(rundir.seed_of, os.listdir(method_path)) if s is not None)
   if not tasks:
-    raise FileNotFoundError(f"{workdir!r} holds no {GRID_JSON} and no <task>/<method>/ runs.")
+    raise FileNotFoundError(
+      f"{workdir!r} holds no {rundir.GRID_FILE} and no <task>/<method>/ runs."
+    )
   return Grid(tuple(sorted(tasks)), tuple(sorted(methods)), tuple(sorted(seeds)))
 
 
@@ -220,36 +146,23 @@ def collect_results(workdir: str, grid: Grid | None = None) -> list[dict]:
   rows = []
   for task in grid.tasks:
     for method in grid.methods:
-      error = _error_line(workdir, task, method)
+      error = rundir.read_error_line(workdir, task, method)
       for seed in grid.seeds:
-        path = run_dir(workdir, task, method, seed)
-        row = {"task": task, "method": method, "seed": int(seed), "error": ""}
-        summary = read_summary(path)
-        if summary is not None and summary.get("completed") is True:
-          row["status"] = RunStatus.COMPLETED.value
+        path = rundir.run_dir(workdir, task, method, seed)
+        status = rundir.run_status(path, group_failed=error is not None)
+        row = {"task": task, "method": method, "seed": int(seed), "status": status.value}
+        row["error"] = error if status is RunStatus.FAILED else ""
+        if status is RunStatus.COMPLETED:
           # The id columns come from the grid (summary.json repeats task and seed).
+          summary = rundir.read_summary(path)
           row.update({k: v for k, v in summary.items() if k not in _IGNORED_SUMMARY_KEYS})
-        elif error is not None:
-          row["status"], row["error"] = RunStatus.FAILED.value, error
-        elif os.path.isdir(path):
-          row["status"] = RunStatus.INCOMPLETE.value
-        else:
-          row["status"] = RunStatus.MISSING.value
         rows.append(row)
   return rows
 
 
-def _probe_step(key: str) -> float:
-  try:
-    return float(key[len(_GRAD_VARIANCE_PREFIX) :])
-  except ValueError:
-    return math.inf
-
-
 def probe_keys(rows: Sequence[Mapping]) -> list[str]:
   """The ``grad/variance@<step>`` keys present in any row, by increasing step."""
-  keys = {k for row in rows for k in row if k.startswith(_GRAD_VARIANCE_PREFIX)}
-  return sorted(keys, key=lambda k: (_probe_step(k), k))
+  return rundir.probe_keys(_PROBE_METRIC, {k for row in rows for k in row})
 
 
 def metric_columns(rows: Sequence[Mapping]) -> list[str]:
@@ -271,12 +184,12 @@ def _csv_value(value) -> str:
 def write_results_csv(path: str, rows: Sequence[Mapping]) -> str:
   """Writes one row per run: the id columns, then :func:`metric_columns` (empty = no value)."""
   columns = list(ID_COLUMNS) + metric_columns(rows)
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow([_csv_value(row.get(c)) for c in columns])
-  return path
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow([_csv_value(row.get(c)) for c in columns])
+  return rundir.write_text(path, text.getvalue())
 
 
 # ---- Aggregation over seeds -------------------------------------------------------------
@@ -345,24 +258,18 @@ def _align(runs: Sequence[Mapping]) -> str:
 
 def table_columns(probes: Sequence[str]) -> list[str]:
   """Header of table.md for the given probe keys."""
-  probe_names = []
-  for p in probes:
-    step = _probe_step(p)
-    probe_names.append(f"grad var @{step:g}" if math.isfinite(step) else p)
   return [
     "task",
     "method",
     "seeds ok",
-    "steps→90%",
-    "steps→99%",
-    "s→90%",
-    "s→99%",
+    *(f"steps→{t:.0%}" for t in rundir.THRESHOLDS),
+    *(f"s→{t:.0%}" for t in rundir.THRESHOLDS),
     "test seq acc %",
     "test token acc %",
     "OOD seq acc %",
     "align acc %",
     "attn entropy",
-    *probe_names,
+    *(f"grad var @{rundir.probe_step(p)}" for p in probes),
     "ms/step",
   ]
 
@@ -415,7 +322,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
         error = next((r["error"] for r in not_done if r["error"]), "")
         problems.append(
           f"- {task}/{method}: {len(not_done)} run(s) {', '.join(status)}"
-          + (f" — `{error}` (see `{task}/{method}/{ERROR_TXT}`)" if error else "")
+          + (f" — `{error}` (see `{task}/{method}/{rundir.ERROR_FILE}`)" if error else "")
         )
         if not done:
           seeds_ok += " " + "/".join(status)
@@ -426,10 +333,8 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
           task,
           method,
           seeds_ok,
-          _threshold(done, "steps_to_val_seq_acc_0.9"),
-          _threshold(done, "steps_to_val_seq_acc_0.99"),
-          _threshold(done, "seconds_to_val_seq_acc_0.9", seconds=True),
-          _threshold(done, "seconds_to_val_seq_acc_0.99", seconds=True),
+          *(_threshold(done, rundir.steps_to_key(t)) for t in rundir.THRESHOLDS),
+          *(_threshold(done, rundir.seconds_to_key(t), seconds=True) for t in rundir.THRESHOLDS),
           _mean_std(done, "test/seq_accuracy", 100.0),
           _mean(done, "test/token_accuracy", 100.0),
           _mean_std(done, "ood/seq_accuracy", 100.0),
@@ -450,11 +355,11 @@ def write_comparison_plots(workdir: str, grid: Grid) -> list[str]:
   for task in grid.tasks:
     runs_by_method = {}
     for method in grid.methods:
-      runs = [read_metrics(run_dir(workdir, task, method, s)) for s in grid.seeds]
+      runs = [rundir.read_metrics(rundir.run_dir(workdir, task, method, s)) for s in grid.seeds]
       runs_by_method[method] = [r for r in runs if r]
     if not any(runs_by_method.values()):
       continue
-    path = os.path.join(workdir, PLOTS_DIR, f"{task}.png")
+    path = os.path.join(workdir, rundir.PLOTS_DIR, f"{task}.png")
     paths.append(plots.plot_comparison_curves(path, runs_by_method, title=task))
   return paths
 
@@ -482,11 +387,12 @@ def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) 
   """
   grid = grid or discover_grid(workdir)
   rows = collect_results(workdir, grid)
-  csv_path = write_results_csv(os.path.join(workdir, RESULTS_CSV), rows)
-  md_path = os.path.join(workdir, TABLE_MD)
+  csv_path = write_results_csv(os.path.join(workdir, rundir.RESULTS_FILE), rows)
   text = format_table(rows, grid)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  with open(md_path, "w") as f:
-    f.write(text + f"\n_Built {stamp} from {len(rows)} run directories._\n")
+  md_path = rundir.write_text(
+    os.path.join(workdir, rundir.TABLE_FILE),
+    text + f"\n_Built {stamp} from {len(rows)} run directories._\n",
+  )
   plot_paths = tuple(write_comparison_plots(workdir, grid)) if with_plots else ()
   return Rebuilt(csv_path, md_path, plot_paths, tuple(rows))

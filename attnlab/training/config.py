@@ -9,68 +9,55 @@ was expected::
 
   config.model.attention='sotf' is invalid; valid choices: ['soft', 'hard', ...]
 
-How ``model.attention`` and ``estimator.gradient`` select the training objective
-(Deng et al. 2018, "Latent Alignment and Variational Attention"):
+How ``model.attention`` (an ``attnlab.modules.AttentionKind``, the model's attention too) and
+``estimator.gradient`` select the training objective (Deng et al. 2018, "Latent Alignment and
+Variational Attention"):
 
-==============================================  ===========  =========================
-model.attention                                 model kind   objective
-==============================================  ===========  =========================
-soft | sparsemax | entmax15 | gumbel            same         ``Objective.SOFT``
-marginal                                        soft         ``Objective.MARGINAL``
-hard, estimator.gradient=enumerate              hard         ``Objective.HARD_ENUM``
-hard, estimator.gradient=reinforce              hard         ``Objective.REINFORCE``
-==============================================  ===========  =========================
+==============================================  =========================
+model.attention                                 objective
+==============================================  =========================
+soft | sparsemax | entmax15 | gumbel            ``Objective.SOFT``
+marginal                                        ``Objective.MARGINAL``
+hard, estimator.gradient=enumerate              ``Objective.HARD_ENUM``
+hard, estimator.gradient=reinforce              ``Objective.REINFORCE``
+==============================================  =========================
 
-The exact-marginal model is built with soft attention: its weights are the alignment
-distribution α the marginal enumerates, and no sample is drawn.
+The ``marginal`` layer computes soft attention: its weights are the alignment distribution α
+the marginal enumerates, and no sample is drawn.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from attnlab import modules, objectives, tasks
-from attnlab.estimators import MixScope
+from attnlab import enums, estimators, modules, tasks
+from attnlab.enums import Choice
+from attnlab.estimators import BaselineKind, CreditAssignment
 from attnlab.modules.kinds import AttentionKind, EvalMode, Family, Feedback, ScoreKind
+from attnlab.training import objectives, overrides
 
 
 class ConfigError(ValueError):
   """An invalid run config; the message names the key, the value and what was expected."""
 
 
-class Attention(enum.Enum):
-  """``config.model.attention``: the attention method trained (see the module docstring)."""
-
-  SOFT = "soft"
-  HARD = "hard"
-  GUMBEL = "gumbel"
-  SPARSEMAX = "sparsemax"
-  ENTMAX15 = "entmax15"
-  MARGINAL = "marginal"
-
-
-class Gradient(enum.Enum):
+class Gradient(Choice):
   """``config.estimator.gradient``: how hard attention's bound is differentiated."""
 
   REINFORCE = "reinforce"  # score-function estimate from K sampled alignments.
   ENUMERATE = "enumerate"  # exact gradient by enumerating every source position.
 
 
-class EvalChoice(enum.Enum):
-  """``config.model.eval_mode``: attention used by greedy decoding at evaluation."""
-
-  AUTO = "auto"  # argmax for hard, marginal and straight-through Gumbel; soft otherwise.
-  SOFT = "soft"
-  ARGMAX = "argmax"
-  SAMPLE = "sample"
+# ``config.model.eval_mode`` besides the EvalMode names: argmax for hard, marginal and
+# straight-through Gumbel models, soft otherwise (see :func:`_eval_mode`).
+AUTO_EVAL_MODE = "auto"
 
 
-class OptimizerName(enum.Enum):
+class OptimizerName(Choice):
   """``config.optimizer.name``."""
 
   ADAM = "adam"
@@ -136,19 +123,20 @@ class RunConfig:
   """A parsed, validated run config.
 
   Attributes:
-    seed: the run's seed (:func:`attnlab.train.train_and_evaluate`).
+    seed: the run's seed (:func:`attnlab.training.loop.train_and_evaluate`).
     task: the task instance (``attnlab.tasks.get_task(config.task, **config.task_overrides)``).
-    attention: the :class:`Attention` method.
+    attention: the ``attnlab.modules.AttentionKind`` trained (``MARGINAL``: soft weights,
+      trained by the exact marginal likelihood).
     model: ``attnlab.modules.RNNConfig`` or ``TransformerConfig`` ready for ``build_model``.
     eval_mode: the ``EvalMode`` of greedy decoding and the evaluation metrics.
-    objective: ``attnlab.objectives.ObjectiveConfig``.
+    objective: ``attnlab.training.objectives.ObjectiveConfig``.
     optimizer: :class:`OptimizerConfig`.
     train: :class:`TrainConfig`.
   """
 
   seed: int
   task: Any
-  attention: Attention
+  attention: AttentionKind
   model: Any
   eval_mode: EvalMode
   objective: objectives.ObjectiveConfig
@@ -173,30 +161,27 @@ class _Reader:
     self.read.add(path)
     return node
 
+  def choice(self, path: str, enum_cls: type[Choice]) -> Any:
+    """The member of ``enum_cls`` named at ``path``."""
+    return _choice(path, self(path), enum_cls)
+
+  def number(self, path: str, kind: type, *, low=None, high=None) -> Any:
+    """The ``kind`` (int or float) at ``path``, within ``[low, high]``."""
+    return _number(path, self(path), kind, low=low, high=high)
+
   def unread(self) -> list[str]:
-    return sorted(p for p in _leaf_paths(self._config) if not _covered(p, self.read))
-
-
-def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
-  for key, value in node.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, ml_collections.ConfigDict) and len(value):
-      yield from _leaf_paths(value, f"{path}.")
-    else:
-      yield path
+    return sorted(p for p, _ in overrides.flatten(self._config) if not _covered(p, self.read))
 
 
 def _covered(path: str, read: set[str]) -> bool:
   return any(path == r or path.startswith(f"{r}.") for r in read)
 
 
-def _choice(path: str, value: Any, enum_cls: type[enum.Enum]) -> Any:
-  if isinstance(value, enum_cls):
-    return value
-  valid = [m.value for m in enum_cls]
-  if value not in valid:
-    raise ConfigError(f"config.{path}={value!r} is invalid; valid choices: {valid}.")
-  return enum_cls(value)
+def _choice(path: str, value: Any, enum_cls: type[Choice]) -> Any:
+  try:
+    return enum_cls.parse(value, name=f"config.{path}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _number(path: str, value: Any, kind: type, *, low=None, high=None) -> Any:
@@ -220,9 +205,9 @@ _DERIVED_MODEL_FIELDS = (
 )  # fmt: skip
 
 
-def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool):
-  family = _choice("model.family", read("model.family"), Family)
-  score = _choice("model.score", read("model.score"), ScoreKind)
+def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: bool):
+  family = read.choice("model.family", Family)
+  score = read.choice("model.score", ScoreKind)
   config_cls = {Family.RNN: modules.RNNConfig, Family.TRANSFORMER: modules.TransformerConfig}
   # Both families' sections are part of the schema; only the chosen one is used.
   sections = {Family.RNN: "model.rnn", Family.TRANSFORMER: "model.transformer"}
@@ -237,7 +222,7 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     if key not in settable:
       raise ConfigError(f"config.{path} is not a {family.value} model setting; valid: {settable}.")
     default = fields[key].default
-    if isinstance(default, enum.Enum):
+    if isinstance(default, Choice):
       value = _choice(path, value, type(default))
     elif isinstance(value, (list, tuple)):
       value = tuple(value)
@@ -250,11 +235,10 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     f"config.{section}.max_source_len={max_source_len} is too small; task "
     f"{task.name!r} has sources of up to {longest} tokens (OOD split included).",
   )
-  kind = AttentionKind.SOFT if attention is Attention.MARGINAL else AttentionKind(attention.value)
   try:
     return config_cls[family](
       vocab_size=vocab_size,
-      attention=kind,
+      attention=attention,
       score=score,
       learned_baseline=learned,
       bos_id=tasks.BOS,
@@ -265,29 +249,28 @@ def _model_config(read: _Reader, attention: Attention, task: Any, learned: bool)
     raise ConfigError(f"config.{section}: {e}") from e
 
 
-def _objective_config(read: _Reader, attention: Attention) -> objectives.ObjectiveConfig:
-  gradient = _choice("estimator.gradient", read("estimator.gradient"), Gradient)
-  baseline = _choice("estimator.baseline", read("estimator.baseline"), objectives.Baseline)
-  credit = _choice("estimator.reward", read("estimator.reward"), objectives.Credit)
-  mix_scope = _choice("estimator.mix_scope", read("estimator.mix_scope"), MixScope)
-  num_samples = _number("estimator.num_samples", read("estimator.num_samples"), int, low=1)
-  entropy_coef = _number("estimator.entropy_coef", read("estimator.entropy_coef"), float, low=0)
-  mix_probability = _number(
-    "estimator.mix_probability", read("estimator.mix_probability"), float, low=0, high=1
+def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.ObjectiveConfig:
+  gradient = read.choice("estimator.gradient", Gradient)
+  settings = dict(
+    baseline=read.choice("estimator.baseline", BaselineKind),
+    credit=read.choice("estimator.reward", CreditAssignment),
+    mix_scope=read.choice("estimator.mix_scope", estimators.MixScope),
+    num_samples=read.number("estimator.num_samples", int, low=1),
+    entropy_coef=read.number("estimator.entropy_coef", float, low=0),
+    mix_probability=read.number("estimator.mix_probability", float, low=0, high=1),
+    ema_decay=read.number("estimator.ema_decay", float, low=0, high=1),
+    baseline_loss_coef=read.number("estimator.baseline_loss_coef", float, low=0),
   )
-  ema_decay = _number("estimator.ema_decay", read("estimator.ema_decay"), float, low=0, high=1)
+  ema_decay = settings["ema_decay"]
   _require(ema_decay < 1, f"config.estimator.ema_decay={ema_decay!r} is invalid; expected < 1.")
-  baseline_loss_coef = _number(
-    "estimator.baseline_loss_coef", read("estimator.baseline_loss_coef"), float, low=0
-  )
 
-  if attention is Attention.HARD:
+  if attention is AttentionKind.HARD:
     objective = (
       objectives.Objective.REINFORCE
       if gradient is Gradient.REINFORCE
       else objectives.Objective.HARD_ENUM
     )
-  elif attention is Attention.MARGINAL:
+  elif attention is AttentionKind.MARGINAL:
     objective = objectives.Objective.MARGINAL
   else:
     objective = objectives.Objective.SOFT
@@ -296,98 +279,80 @@ def _objective_config(read: _Reader, attention: Attention) -> objectives.Objecti
     # Settings that only a sampled (REINFORCE) gradient uses must keep their neutral value,
     # so that a comparison never reports a method under settings it silently ignored.
     neutral = {
-      "estimator.baseline": (baseline, objectives.Baseline.NONE),
-      "estimator.num_samples": (num_samples, 1),
-      "estimator.reward": (credit, objectives.Credit.PER_STEP),
-      "estimator.mix_probability": (mix_probability, 0.0),
+      "estimator.baseline": ("baseline", BaselineKind.NONE),
+      "estimator.num_samples": ("num_samples", 1),
+      "estimator.reward": ("credit", CreditAssignment.PER_STEP),
+      "estimator.mix_probability": ("mix_probability", 0.0),
     }
-    for path, (value, expected) in neutral.items():
-      shown = value.value if isinstance(value, enum.Enum) else value
-      shown_expected = expected.value if isinstance(expected, enum.Enum) else expected
+    for path, (field, expected) in neutral.items():
+      value = settings[field]
+      shown = value.value if isinstance(value, Choice) else value
+      shown_expected = expected.value if isinstance(expected, Choice) else expected
       _require(
         value == expected,
         f"config.{path}={shown!r} only applies to model.attention='hard' with "
         f"estimator.gradient='reinforce' (objective here: {objective.value!r}); "
         f"expected {shown_expected!r}.",
       )
+  num_samples = settings["num_samples"]
   _require(
-    baseline is not objectives.Baseline.RLOO or num_samples >= 2,
+    settings["baseline"] is not BaselineKind.RLOO or num_samples >= 2,
     f"config.estimator.baseline='rloo' needs estimator.num_samples >= 2, got {num_samples}.",
   )
-  return objectives.ObjectiveConfig(
-    objective=objective,
-    baseline=baseline,
-    num_samples=num_samples,
-    credit=credit,
-    entropy_coef=entropy_coef,
-    mix_probability=mix_probability,
-    mix_scope=mix_scope,
-    ema_decay=ema_decay,
-    baseline_loss_coef=baseline_loss_coef,
-  )
+  return objectives.ObjectiveConfig(objective=objective, **settings)
 
 
 def _optimizer_config(read: _Reader, steps: int) -> OptimizerConfig:
-  name = _choice("optimizer.name", read("optimizer.name"), OptimizerName)
-  weight_decay = _number("optimizer.weight_decay", read("optimizer.weight_decay"), float, low=0)
+  name = read.choice("optimizer.name", OptimizerName)
+  weight_decay = read.number("optimizer.weight_decay", float, low=0)
   _require(
     name is OptimizerName.ADAMW or weight_decay == 0,
     f"config.optimizer.weight_decay={weight_decay!r} needs optimizer.name='adamw'.",
   )
   return OptimizerConfig(
     name=name,
-    learning_rate=_number(
-      "optimizer.learning_rate", read("optimizer.learning_rate"), float, low=1e-12
-    ),
-    warmup_steps=_number(
-      "optimizer.warmup_steps", read("optimizer.warmup_steps"), int, low=0, high=steps
-    ),
-    final_lr_fraction=_number(
-      "optimizer.final_lr_fraction", read("optimizer.final_lr_fraction"), float, low=0, high=1
-    ),
+    learning_rate=read.number("optimizer.learning_rate", float, low=1e-12),
+    warmup_steps=read.number("optimizer.warmup_steps", int, low=0, high=steps),
+    final_lr_fraction=read.number("optimizer.final_lr_fraction", float, low=0, high=1),
     weight_decay=weight_decay,
-    grad_clip_norm=_number(
-      "optimizer.grad_clip_norm", read("optimizer.grad_clip_norm"), float, low=0
-    ),
+    grad_clip_norm=read.number("optimizer.grad_clip_norm", float, low=0),
   )
 
 
+# TrainConfig's integer fields and their lowest values (see configs/default.py for each).
+_TRAIN_INT_LOWEST = dict(
+    batch_size=1, eval_every=1, eval_size=1, eval_seed=0, log_every=1, checkpoint_every=1,
+    keep_checkpoints=1, probe_every=0, probe_samples=2, probe_batch_size=1, probe_seed=0,
+    num_heatmaps=0, nan_at_step=-1,
+)  # fmt: skip
+# Config keys of the TrainConfig fields whose key is not the field name.
+_TRAIN_KEYS = {"nan_at_step": "debug.nan_at_step"}
+
+
 def _train_config(read: _Reader) -> TrainConfig:
-  steps = _number("steps", read("steps"), int, low=1)
+  steps = read.number("steps", int, low=1)
   probe_steps = read("probe_steps")
   if not isinstance(probe_steps, (list, tuple)):
     raise ConfigError(f"config.probe_steps={probe_steps!r} is invalid; expected a tuple of ints.")
   probe_steps = tuple(
     sorted({_number("probe_steps", s, int, low=1, high=steps) for s in probe_steps})
   )
-  return TrainConfig(
-    steps=steps,
-    batch_size=_number("batch_size", read("batch_size"), int, low=1),
-    eval_every=_number("eval_every", read("eval_every"), int, low=1),
-    eval_size=_number("eval_size", read("eval_size"), int, low=1),
-    eval_seed=_number("eval_seed", read("eval_seed"), int, low=0),
-    log_every=_number("log_every", read("log_every"), int, low=1),
-    checkpoint_every=_number("checkpoint_every", read("checkpoint_every"), int, low=1),
-    keep_checkpoints=_number("keep_checkpoints", read("keep_checkpoints"), int, low=1),
-    probe_steps=probe_steps,
-    probe_every=_number("probe_every", read("probe_every"), int, low=0),
-    probe_samples=_number("probe_samples", read("probe_samples"), int, low=2),
-    probe_batch_size=_number("probe_batch_size", read("probe_batch_size"), int, low=1),
-    probe_seed=_number("probe_seed", read("probe_seed"), int, low=0),
-    num_heatmaps=_number("num_heatmaps", read("num_heatmaps"), int, low=0),
-    nan_at_step=_number("debug.nan_at_step", read("debug.nan_at_step"), int, low=-1),
-  )
+  ints = {
+    field: read.number(_TRAIN_KEYS.get(field, field), int, low=low)
+    for field, low in _TRAIN_INT_LOWEST.items()
+  }
+  return TrainConfig(steps=steps, probe_steps=probe_steps, **ints)
 
 
 def _task(read: _Reader):
   name = read("task")
-  overrides = read("task_overrides")
-  overrides = dict(overrides.items()) if overrides is not None else {}
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  fields = read("task_overrides")
+  fields = dict(fields.items()) if fields is not None else {}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
   try:
-    return tasks.get_task(name, **overrides)
+    return tasks.get_task(name, **fields)
   except (TypeError, ValueError) as e:
-    raise ConfigError(f"config.task={name!r} / config.task_overrides={overrides!r}: {e}") from e
+    raise ConfigError(f"config.task={name!r} / config.task_overrides={fields!r}: {e}") from e
 
 
 def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
@@ -404,14 +369,14 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
       setting does not apply to the chosen method; the message names key, value and choices.
   """
   read = _Reader(config)
-  seed = _number("seed", read("seed"), int, low=0)
+  seed = read.number("seed", int, low=0)
   task = _task(read)
   train = _train_config(read)
-  attention = _choice("model.attention", read("model.attention"), Attention)
+  attention = read.choice("model.attention", AttentionKind)
   objective = _objective_config(read, attention)
-  learned = objective.baseline is objectives.Baseline.LEARNED
+  learned = objective.baseline is BaselineKind.LEARNED
   model = _model_config(read, attention, task, learned)
-  eval_choice = _choice("model.eval_mode", read("model.eval_mode"), EvalChoice)
+  eval_mode = _eval_mode(read("model.eval_mode"), attention, model)
   optimizer = _optimizer_config(read, train.steps)
 
   if objective.needs_enumeration:
@@ -428,33 +393,31 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
     # attending to earlier steps' states, carries z_t into later steps.
     local = isinstance(model, modules.RNNConfig) and model.feedback is not Feedback.SAMPLED
     _require(
-      objective.credit is objectives.Credit.REWARD_TO_GO or local,
+      objective.credit is not CreditAssignment.PER_STEP or local,
       "config.estimator.reward='per_step' is biased when the sample at step t affects later "
       "steps (model.rnn.feedback='sampled' or model.family='transformer'); use "
       "estimator.reward='reward_to_go'.",
     )
   unread = read.unread()
   _require(not unread, f"unknown config key(s) {unread} (see configs/default.py).")
-  return RunConfig(
-    seed=seed,
-    task=task,
-    attention=attention,
-    model=model,
-    eval_mode=_eval_mode(eval_choice, attention, model),
-    objective=objective,
-    optimizer=optimizer,
-    train=train,
-  )
+  return RunConfig(seed, task, attention, model, eval_mode, objective, optimizer, train)
 
 
-def _eval_mode(choice: EvalChoice, attention: Attention, model: Any) -> EvalMode:
-  """``auto``: a model whose training forward pass uses one position (hard, the marginal's
+def _eval_mode(value: Any, attention: AttentionKind, model: Any) -> EvalMode:
+  """``config.model.eval_mode`` as an :class:`EvalMode`.
+
+  ``auto``: a model whose training forward pass uses one position (hard, the marginal's
   latent choice, straight-through Gumbel) decodes with the argmax position; the others with
-  the expected context of their own normaliser (softmax, sparsemax, entmax-1.5)."""
-  if choice is not EvalChoice.AUTO:
-    return EvalMode(choice.value)
-  if attention in (Attention.HARD, Attention.MARGINAL):
+  the expected context of their own normaliser (softmax, sparsemax, entmax-1.5).
+  """
+  if value != AUTO_EVAL_MODE:
+    try:
+      return EvalMode.parse(value)
+    except ValueError:
+      valid = [AUTO_EVAL_MODE, *EvalMode.values()]
+      raise ConfigError(enums.invalid_choice("config.model.eval_mode", value, valid)) from None
+  if attention in (AttentionKind.HARD, AttentionKind.MARGINAL):
     return EvalMode.ARGMAX
-  if attention is Attention.GUMBEL and getattr(model, "straight_through", False):
+  if attention is AttentionKind.GUMBEL and getattr(model, "straight_through", False):
     return EvalMode.ARGMAX
   return EvalMode.SOFT

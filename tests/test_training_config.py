@@ -7,28 +7,19 @@ import sys
 import ml_collections
 import pytest
 
-from attnlab import config as config_lib
-from attnlab import modules, objectives
+from attnlab import estimators, modules
+from attnlab.training import config as config_lib
+from attnlab.training import objectives
+from attnlab.training import overrides as overrides_lib
 from configs import compare as compare_config
 from configs import default as default_config
 
 Objective = objectives.Objective
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = dotted.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
-
-
-def _apply_nested(config: ml_collections.ConfigDict, overrides, prefix: str = "") -> None:
-  for key, value in overrides.items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      _apply_nested(config, value, f"{prefix}{key}.")
-    else:
-      _set(config, f"{prefix}{key}", value)
+def _default(changes) -> ml_collections.ConfigDict:
+  """configs/default.py with dotted-key changes."""
+  return overrides_lib.apply_overrides(default_config.get_config(), changes, where="test")
 
 
 @pytest.mark.parametrize("preset", [None, "default", "smoke", "transformer"])
@@ -51,9 +42,8 @@ def test_every_compare_method_and_task_parses(preset):
   compare = compare_config.get_config(preset)
   for task in compare.tasks:
     for name in compare.method_names:
-      config = ml_collections.ConfigDict(compare.base.to_dict())
-      config.task = task
-      _apply_nested(config, compare.methods[name])
+      config = overrides_lib.apply_overrides(compare.base, {"task": task}, where="test")
+      config = overrides_lib.apply_overrides(config, compare.methods[name], where=name)
       run = config_lib.parse_config(config)
       assert run.task.name == task, name
 
@@ -71,7 +61,7 @@ def test_every_compare_method_and_task_parses(preset):
       "gumbel",
       "soft",
     ),
-    ({"model.attention": "marginal"}, Objective.MARGINAL, "soft", "argmax"),
+    ({"model.attention": "marginal"}, Objective.MARGINAL, "marginal", "argmax"),
     (
       {"model.attention": "hard", "estimator.gradient": "enumerate"},
       Objective.HARD_ENUM,
@@ -88,31 +78,28 @@ def test_every_compare_method_and_task_parses(preset):
   ],
 )
 def test_attention_and_gradient_select_objective(overrides, objective, kind, eval_mode):
-  config = default_config.get_config()
-  for key, value in overrides.items():
-    _set(config, key, value)
-  run = config_lib.parse_config(config)
+  run = config_lib.parse_config(_default(overrides))
   assert run.objective.objective is objective
   assert run.model.attention.value == kind
   assert run.eval_mode.value == eval_mode
 
 
 def test_estimator_settings_reach_the_objective_config():
-  config = default_config.get_config()
-  for key, value in {
-    "model.attention": "hard",
-    "estimator.baseline": "learned",
-    "estimator.num_samples": 3,
-    "estimator.reward": "reward_to_go",
-    "estimator.entropy_coef": 0.002,
-    "estimator.mix_probability": 0.5,
-    "estimator.mix_scope": "per_batch",
-  }.items():
-    _set(config, key, value)
+  config = _default(
+    {
+      "model.attention": "hard",
+      "estimator.baseline": "learned",
+      "estimator.num_samples": 3,
+      "estimator.reward": "reward_to_go",
+      "estimator.entropy_coef": 0.002,
+      "estimator.mix_probability": 0.5,
+      "estimator.mix_scope": "per_batch",
+    }
+  )
   run = config_lib.parse_config(config)
   cfg = run.objective
-  assert cfg.baseline is objectives.Baseline.LEARNED
-  assert cfg.credit is objectives.Credit.REWARD_TO_GO
+  assert cfg.baseline is estimators.BaselineKind.LEARNED
+  assert cfg.credit is estimators.CreditAssignment.REWARD_TO_GO
   assert (cfg.num_samples, cfg.entropy_coef, cfg.mix_probability) == (3, 0.002, 0.5)
   assert cfg.mix_scope.value == "per_batch"
   assert run.model.learned_baseline  # Derived: a learned baseline needs the value head.
@@ -162,11 +149,8 @@ INVALID = [
 
 @pytest.mark.parametrize("overrides, expected", INVALID)
 def test_invalid_value_names_key_value_and_choices(overrides, expected):
-  config = default_config.get_config()
-  for key, value in overrides.items():
-    _set(config, key, value)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.parse_config(config)
+    config_lib.parse_config(_default(overrides))
   for text in expected:
     assert text in str(error.value), (text, str(error.value))
 

@@ -1,7 +1,7 @@
 """End-to-end training: outputs, resume == uninterrupted, NaN guard, vmapped seeds == alone.
 
 All tests share one tiny hard-attention REINFORCE config (the smoke preset), so the process
-compiles it once per seed count (``attnlab.train`` caches compiled functions per config) and
+compiles it once per seed count (``attnlab.training.step`` caches compiled functions per config) and
 every code path runs: sampled attention, the EMA baseline state, the gradient probe,
 checkpoints, heatmaps with sampled positions.
 """
@@ -13,29 +13,26 @@ import jax
 import numpy as np
 import pytest
 
-from attnlab import checkpointing, run_io, train
-from attnlab import config as config_lib
+from attnlab.training import checkpoints, loop, overrides, rundir, step
+from attnlab.training import config as config_lib
 from configs import default as default_config
 
 # Evaluation at 1 (probe), 2, 4, 6, 8; checkpoints at 4 and 8.
 STEPS, EVAL_EVERY, CHECKPOINT_EVERY = 8, 2, 4
 
 
-def _config(**overrides):
-  config = default_config.get_config("smoke")
-  config.model.attention = "hard"
-  config.estimator.baseline = "ema"
-  config.steps = STEPS
-  config.eval_every = EVAL_EVERY
-  config.checkpoint_every = CHECKPOINT_EVERY
-  config.probe_steps = (1,)
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+def _config(**changes):
+  """The smoke preset as a REINFORCE + EMA run, with dotted-key ``changes``."""
+  smoke = default_config.get_config("smoke")
+  run = {
+    "model.attention": "hard",
+    "estimator.baseline": "ema",
+    "steps": STEPS,
+    "eval_every": EVAL_EVERY,
+    "checkpoint_every": CHECKPOINT_EVERY,
+    "probe_steps": (1,),
+  }
+  return overrides.apply_overrides(smoke, {**run, **changes}, where="test")
 
 
 def _untimed(row):
@@ -52,7 +49,7 @@ class _Interrupt(Exception):
 def reference_run(tmp_path_factory):
   """One uninterrupted run of seed 0: (workdir, summary)."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  summary = train.train_and_evaluate(_config(), workdir)
+  summary = loop.train_and_evaluate(_config(), workdir)
   return workdir, summary
 
 
@@ -65,8 +62,8 @@ def test_smoke_run_writes_every_output(reference_run):
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
-  assert run_io.read_json(os.path.join(workdir, "config.json"))["seed"] == 0
-  rows = run_io.read_metrics(workdir)
+  assert rundir.read_json(os.path.join(workdir, "config.json"))["seed"] == 0
+  rows = rundir.read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2, 4, 6, 8]
   for row in rows:
     for split in ("val", "test", "ood"):
@@ -78,7 +75,7 @@ def test_smoke_run_writes_every_output(reference_run):
   assert "grad/variance" not in rows[1]
   assert rows[-1]["steps_per_second"] > 0
 
-  assert summary == run_io.read_summary(workdir)
+  assert summary == rundir.read_summary(workdir)
   assert summary["completed"] is True
   for key in (
     "test/seq_accuracy",
@@ -98,16 +95,16 @@ def test_smoke_run_writes_every_output(reference_run):
     assert key in summary, key
   assert summary["grad/variance@1"] == rows[0]["grad/variance"]
   assert summary["test/seq_accuracy"] == rows[-1]["test/seq_accuracy"]
-  assert sorted(checkpointing.RunCheckpointer(workdir, 2).all_steps()) == [4, 8]
+  assert sorted(checkpoints.RunCheckpointer(workdir, 2).all_steps()) == [4, 8]
 
 
 def test_rerunning_a_finished_run_does_not_train_again(reference_run):
   workdir, summary = reference_run
-  before = run_io.read_metrics(workdir)
+  before = rundir.read_metrics(workdir)
   calls = []
-  again = train.train_seeds(_config(), [0], [workdir], callback=lambda *a: calls.append(a))
+  again = loop.train_seeds(_config(), [0], [workdir], callback=lambda *a: calls.append(a))
   assert again == [summary] and calls == []
-  assert run_io.read_metrics(workdir) == before
+  assert rundir.read_metrics(workdir) == before
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(reference_run, tmp_path):
@@ -120,41 +117,41 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(reference_run, tmp_pa
       raise _Interrupt
 
   with pytest.raises(_Interrupt):
-    train.train_seeds(_config(), [0], [workdir], callback=interrupt_at_6)
-  assert [r["step"] for r in run_io.read_metrics(workdir)] == [1, 2, 4, 6]
-  assert run_io.read_summary(workdir) is None
+    loop.train_seeds(_config(), [0], [workdir], callback=interrupt_at_6)
+  assert [r["step"] for r in rundir.read_metrics(workdir)] == [1, 2, 4, 6]
+  assert rundir.read_summary(workdir) is None
 
   resumed_steps = []
-  summary = train.train_seeds(
+  summary = loop.train_seeds(
     _config(), [0], [workdir], callback=lambda step, rows: resumed_steps.append(step)
   )[0]
   assert resumed_steps == [6, 8]  # Resumed from the checkpoint at step 4.
   # Same seed, same CPU, same compiled program: bitwise-equal metrics, not just close.
-  rows = [_untimed(r) for r in run_io.read_metrics(workdir)]
-  assert rows == [_untimed(r) for r in run_io.read_metrics(reference_dir)]
+  rows = [_untimed(r) for r in rundir.read_metrics(workdir)]
+  assert rows == [_untimed(r) for r in rundir.read_metrics(reference_dir)]
   assert _untimed(summary) == _untimed(reference_summary)
 
 
 def test_resuming_with_a_different_config_is_refused(reference_run):
   workdir, _ = reference_run
   with pytest.raises(ValueError, match=r"different config \(top-level keys \['steps'\]"):
-    train.train_and_evaluate(_config(steps=STEPS + 2), workdir)
+    loop.train_and_evaluate(_config(steps=STEPS + 2), workdir)
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   config = _config(**{"debug.nan_at_step": 6})
   with pytest.raises(FloatingPointError, match=r"non-finite train/loss at step 6 \(seed 0") as e:
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert "last good checkpoint is step 4" in str(e.value)
-  assert run_io.read_summary(workdir) is None
+  assert rundir.read_summary(workdir) is None
 
-  checkpointer = checkpointing.RunCheckpointer(workdir, 2)
+  checkpointer = checkpoints.RunCheckpointer(workdir, 2)
   assert checkpointer.all_steps() == [4]  # Nothing was saved after the bad step.
   run = config_lib.parse_config(config)
-  compiled = train._compile(train._cache_key(run), train.objectives.loss_fn)
-  example = train._jnp_batch(run.task.sample(np.random.default_rng(0), 8, "train"))
-  template = compiled.init(jax.random.PRNGKey(0), example)  # One seed's state structure.
+  compiled = step.compile_run(run)
+  batch = step.train_batch(run.task, 8, [0], 0)
+  template = step.seed_slice(step.init_states(compiled, step.seed_keys([0]), batch), 0)
   state, history = checkpointer.restore(4, template)
   checkpointer.close()
   assert int(state.step) == 4 and int(state.bad_step) == -1
@@ -170,15 +167,15 @@ def test_vmapped_seeds_match_training_each_seed_alone(reference_run, tmp_path):
   """
   reference_dir, _ = reference_run
   dirs = [str(tmp_path / f"seed_{s}") for s in (0, 1)]
-  together = train.train_seeds(_config(), [0, 1], dirs)
-  alone_1 = train.train_and_evaluate(_config(seed=1), str(tmp_path / "alone_1"))
-  alone = {0: run_io.read_summary(reference_dir), 1: alone_1}
+  together = loop.train_seeds(_config(), [0, 1], dirs)
+  alone_1 = loop.train_and_evaluate(_config(seed=1), str(tmp_path / "alone_1"))
+  alone = {0: rundir.read_summary(reference_dir), 1: alone_1}
   assert together[0]["num_seeds_vmapped"] == 2
-  assert run_io.read_json(os.path.join(dirs[1], "config.json"))["seed"] == 1
+  assert rundir.read_json(os.path.join(dirs[1], "config.json"))["seed"] == 1
   for seed, workdir in zip((0, 1), dirs, strict=True):
     alone_dir = reference_dir if seed == 0 else str(tmp_path / "alone_1")
-    rows_together = [_untimed(r) for r in run_io.read_metrics(workdir)]
-    rows_alone = [_untimed(r) for r in run_io.read_metrics(alone_dir)]
+    rows_together = [_untimed(r) for r in rundir.read_metrics(workdir)]
+    rows_alone = [_untimed(r) for r in rundir.read_metrics(alone_dir)]
     assert [r.keys() for r in rows_together] == [r.keys() for r in rows_alone]
     for a, b in zip(rows_together, rows_alone, strict=True):
       np.testing.assert_allclose(
@@ -195,13 +192,13 @@ def test_vmapped_seeds_match_training_each_seed_alone(reference_run, tmp_path):
         assert value == expected[key], key
   # Different seeds really are different runs.
   assert (
-    run_io.read_metrics(dirs[0])[-1]["train/loss"] != run_io.read_metrics(dirs[1])[-1]["train/loss"]
+    rundir.read_metrics(dirs[0])[-1]["train/loss"] != rundir.read_metrics(dirs[1])[-1]["train/loss"]
   )
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_the_final_fraction():
   cfg = config_lib.parse_config(_config()).optimizer
-  schedule = train.learning_rate_schedule(cfg, STEPS)
+  schedule = step.learning_rate_schedule(cfg, STEPS)
   peak, warmup = cfg.learning_rate, cfg.warmup_steps
   assert float(schedule(0)) == pytest.approx(peak / warmup)  # The first update is not wasted.
   assert float(schedule(warmup - 1)) == pytest.approx(peak)

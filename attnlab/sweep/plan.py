@@ -1,0 +1,129 @@
+"""Planning a comparison sweep: the grid it asks for, each group's run config, what is pending.
+
+A comparison config (``configs/compare.py``) names a base run config (``configs/default.py``),
+the tasks, the seeds and the methods, each method being a set of overrides of the base
+config. :func:`plan` turns it into one :class:`Group` per (task, method), checked up front:
+unknown tasks, method names and override keys, and every run config (via
+``attnlab.training.config.parse_config``) fail before anything trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import ml_collections
+
+from attnlab.sweep import table
+from attnlab.training import rundir
+from attnlab.training.overrides import apply_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One (task, method): its run config and which of its seeds still need training.
+
+  Attributes:
+    task: task name.
+    method: method name.
+    seeds: every seed of the group.
+    pending: the seeds without a completed run, trained together.
+    config: the run config (base config + task + method overrides); ``seed`` is set per run
+      by the trainer from ``seeds``.
+  """
+
+  task: str
+  method: str
+  seeds: tuple[int, ...]
+  pending: tuple[int, ...]
+  config: ml_collections.ConfigDict
+
+
+# ---- Planning ---------------------------------------------------------------------------
+
+
+def _names(config: ml_collections.ConfigDict, field: str, registry: Sequence[str]) -> list[str]:
+  names = list(config[field])
+  if not names:
+    raise ValueError(f"config.{field} is empty; choose from {sorted(registry)}.")
+  unknown = [n for n in names if n not in registry]
+  if unknown:
+    raise ValueError(f"unknown name(s) {unknown} in config.{field}; valid: {sorted(registry)}.")
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"config.{field} lists {duplicates} more than once.")
+  return names
+
+
+def grid_of(config: ml_collections.ConfigDict) -> table.Grid:
+  """The tasks, methods and seeds a comparison config asks for, checked.
+
+  Raises:
+    ValueError: unknown task or method names (the message lists the valid ones), duplicates,
+      or seeds that are not distinct non-negative ints.
+  """
+  from attnlab import tasks as tasks_lib  # Deferred: importing the grid needs no tasks.
+
+  task_names = _names(config, "tasks", list(tasks_lib.TASKS))
+  method_names = _names(config, "method_names", list(config.methods.keys()))
+  seeds = list(config.seeds)
+  if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+    raise ValueError(f"config.seeds={seeds!r}; expected a non-empty tuple of ints >= 0.")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"config.seeds={seeds!r} repeats a seed.")
+  return table.Grid(tuple(task_names), tuple(method_names), tuple(seeds))
+
+
+def run_config(
+  config: ml_collections.ConfigDict, task: str, method: str
+) -> ml_collections.ConfigDict:
+  """The run config of one (task, method): base, then the task's, then the method's overrides."""
+  run = apply_overrides(config.base, {"task": task}, where=f"task {task!r}")
+  if task in config.task_overrides:
+    run = apply_overrides(run, config.task_overrides[task], where=f"task_overrides[{task!r}]")
+  return apply_overrides(run, config.methods[method], where=f"method {method!r}")
+
+
+def validate_run_config(run: ml_collections.ConfigDict, task: str, method: str) -> None:
+  """Raises ``ValueError`` naming ``task/method`` if ``run`` is not a valid run config."""
+  from attnlab.training import config as config_lib  # Deferred: pulls in models and objectives.
+
+  try:
+    config_lib.parse_config(run)
+  except ValueError as e:
+    raise ValueError(f"{task}/{method}: invalid run config: {e}") from e
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = True) -> list[Group]:
+  """Every (task, method) group in table order, with its run config and unfinished seeds.
+
+  Args:
+    config: a comparison config (``configs/compare.py``).
+    workdir: the sweep directory (finished runs in it are not pending).
+    validate: check every run config with ``attnlab.training.config.parse_config`` (start-up check).
+
+  Returns:
+    The groups, tasks outermost, each in config order.
+
+  Raises:
+    ValueError: unknown names, override keys or invalid run configs, before anything trains.
+  """
+  grid = grid_of(config)
+  if not isinstance(config.num_workers, int) or config.num_workers < 1:
+    raise ValueError(f"config.num_workers={config.num_workers!r} must be an int >= 1.")
+  unknown = sorted(set(config.task_overrides.keys()) - set(grid.tasks))
+  if unknown:
+    raise ValueError(
+      f"config.task_overrides names task(s) {unknown} not in config.tasks {list(grid.tasks)}."
+    )
+  groups = []
+  for task in grid.tasks:
+    for method in grid.methods:
+      run = run_config(config, task, method)
+      if validate:
+        validate_run_config(run, task, method)
+      pending = tuple(
+        s for s in grid.seeds if not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
+      )
+      groups.append(Group(task, method, grid.seeds, pending, run))
+  return groups

@@ -1,0 +1,384 @@
+"""Config-driven training: the loop around :mod:`attnlab.training.step`, and what it writes.
+
+:func:`train_seeds` trains ``len(seeds)`` runs of one config together in the jitted,
+seed-vmapped step of :func:`attnlab.training.step.compile_run`: it evaluates, probes gradient
+estimators, checkpoints, resumes, guards against NaNs and writes each seed's run directory
+(:mod:`attnlab.training.rundir`): ``config.json``, ``metrics.jsonl`` (a row per evaluation),
+``checkpoints/`` (orbax), ``heatmaps.png``, ``learning_curve.png`` and, when finished,
+``summary.json`` (see :func:`train_seeds`). :func:`train_and_evaluate` is the one-seed form.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from attnlab import modules
+from attnlab.training import checkpoints, objectives, plots, rundir
+from attnlab.training import config as config_lib
+from attnlab.training import step as step_lib
+from attnlab.training.step import CompiledRun, Stream, TrainState
+
+_log = logging.getLogger(__name__)
+
+
+class Progress:
+  """Logs ``step i/n``, steps/s over the last interval, and an ETA from the running rate.
+
+  The rate counts training steps only (``add_steps``), so evaluation pauses do not inflate
+  it; the ETA uses the mean rate since the first logged step.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, name: str = "train"):
+    self.total_steps = total_steps
+    self.name = name
+    self._step = start_step
+    self._seconds = 0.0
+    self._steps = 0
+
+  def add_steps(self, num_steps: int, seconds: float | None) -> None:
+    """Counts ``num_steps`` done in ``seconds`` (None: untimed, e.g. a compiling step)."""
+    self._step += num_steps
+    if seconds is not None:
+      self._steps += num_steps
+      self._seconds += seconds
+
+  @property
+  def steps_per_second(self) -> float:
+    return self._steps / self._seconds if self._seconds > 0 else float("nan")
+
+  def eta_seconds(self) -> float:
+    rate = self.steps_per_second
+    return (self.total_steps - self._step) / rate if rate > 0 else float("nan")
+
+  def log(self, extra: Mapping[str, Any] | None = None) -> str:
+    parts = [
+      f"{self.name} step {self._step}/{self.total_steps}",
+      f"{self.steps_per_second:.1f} steps/s",
+      f"ETA {self.eta_seconds():.1f} s",
+    ]
+    for key, value in (extra or {}).items():
+      parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    line = " | ".join(parts)
+    _log.info(line)
+    return line
+
+
+def _stochastic_gradient(run: config_lib.RunConfig) -> bool:
+  """Whether the training gradient is random (REINFORCE samples, Gumbel noise)."""
+  return (
+    run.objective.objective is objectives.Objective.REINFORCE
+    or run.attention is modules.AttentionKind.GUMBEL
+  )
+
+
+def _seed_config_dict(config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:
+  config_dict = config.to_dict()
+  config_dict["seed"] = int(seed)
+  return rundir.to_json_value(config_dict)
+
+
+def _check_same_config(workdir: str, config_dict: dict[str, Any]) -> None:
+  saved = rundir.read_config(workdir)
+  if saved is not None and saved != config_dict:
+    changed = sorted(k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k))
+    raise ValueError(
+      f"{workdir} holds a run of a different config (top-level keys {changed} differ); "
+      f"resuming it would mix two experiments. Use a new workdir."
+    )
+
+
+def _summary(
+  run: config_lib.RunConfig, seed: int, history: Mapping[str, Any], num_seeds: int
+) -> dict[str, Any]:
+  rows = history["rows"]
+  summary = {k: v for k, v in (rows[-1] if rows else {}).items() if not k.startswith("grad/")}
+  summary.update(rundir.threshold_entries(rows))
+  for row in rows:
+    summary.update(
+      {rundir.probe_key(k, row["step"]): v for k, v in row.items() if k.startswith("grad/")}
+    )
+  summary.update(
+    {rundir.COMPLETED_KEY: True},
+    seed=seed,
+    steps=run.train.steps,
+    task=run.task.name,
+    attention=run.attention.value,
+    objective=run.objective.objective.value,
+    eval_mode=run.eval_mode.value,
+    num_seeds_vmapped=num_seeds,
+    train_seconds=history["train_seconds"],
+    compile_seconds=history["compile_seconds"],
+    ms_per_step=1000.0 * history["train_seconds"] / max(history["timed_steps"], 1),
+  )
+  return summary
+
+
+def _raise_if_bad(state: TrainState, seeds, workdirs, last_saved: int | None) -> None:
+  """The NaN guard: one host sync; raises FloatingPointError naming step, metric, seed."""
+  bad_steps = np.asarray(jax.device_get(state.bad_step))
+  if np.all(bad_steps < 0):
+    return
+  i = int(np.argmax(bad_steps >= 0))
+  metric = step_lib.BAD_METRIC_NAMES[int(np.asarray(state.bad_metric)[i])]
+  kept = (
+    f"the last good checkpoint is step {last_saved} in "
+    f"{os.path.join(workdirs[i], rundir.CHECKPOINTS_DIR)}"
+    if last_saved is not None
+    else "no checkpoint had been saved yet"
+  )
+  raise FloatingPointError(
+    f"non-finite {metric} at step {int(bad_steps[i])} (seed {seeds[i]}, workdir "
+    f"{workdirs[i]}): training stopped and nothing was saved after it; {kept}."
+  )
+
+
+def train_seeds(
+  config: ml_collections.ConfigDict,
+  seeds: Sequence[int],
+  workdirs: Sequence[str],
+  *,
+  callback: Callable[[int, list[dict[str, Any]]], None] | None = None,
+  loss_fn: Callable[..., Any] = objectives.loss_fn,
+) -> list[dict[str, Any]]:
+  """Trains one config for several seeds together, vmapped in one jitted step.
+
+  Seed ``seeds[i]`` writes to ``workdirs[i]`` what a single-seed run with
+  ``config.seed = seeds[i]`` writes (``config.json`` records that seed):
+
+  * ``metrics.jsonl``: a row per evaluation (every ``eval_every`` steps, at every probe
+    step and at the end): ``step``; ``train/<m>``, the mean of each loss metric since the
+    previous row (``loss``, ``nll``, ``token_accuracy`` (teacher forced),
+    ``attention_entropy``, ``grad_norm``, estimator extras) and ``train/learning_rate``;
+    ``{val,test,ood}/<m>`` on fixed eval sets under the eval mode: ``seq_accuracy`` and
+    ``token_accuracy`` of greedy decoding, then from a teacher-forced pass ``nll``,
+    ``alignment_accuracy``, ``lenient_alignment_accuracy``, ``attention_mass_on_gold``,
+    ``attention_entropy``, ``support_size``; at probe steps ``grad/variance`` (and
+    ``grad/cosine``, ``grad/bias_sq``, ``grad/snr`` where the probe gives them;
+    deterministic gradients get ``grad/variance = 0`` without probing); ``steps_per_second``
+    and ``train_seconds`` (cumulative training time, excluding compilation, evaluation and
+    checkpoints).
+  * ``summary.json`` at the end: the last row's metrics, ``steps_to_val_seq_acc_{0.9,0.99}``
+    and ``seconds_to_val_seq_acc_{0.9,0.99}`` (None if never reached),
+    ``grad/<stat>@<step>`` per probe, ``train_seconds``, ``compile_seconds``,
+    ``ms_per_step`` (one vmapped step of all seeds together), ``completed: true``.
+  * ``checkpoints/`` (orbax, every ``checkpoint_every`` steps and at the end),
+    ``heatmaps.png``, ``learning_curve.png``.
+
+  Re-running on the same workdirs resumes from the newest checkpoint all of them hold; the
+  data and key streams are stateless in (seed, step), so the result equals an uninterrupted
+  run. Runs that all finished are not retrained: their summaries are returned.
+
+  Args:
+    config: a run config (schema of ``configs/default.py``); ``config.seed`` is ignored.
+    seeds: the seeds, one run each.
+    workdirs: one directory per seed (created if missing).
+    callback: called as ``callback(step, rows)`` after every evaluation and checkpoint, with
+      that step's row of every seed; an exception it raises stops training (so tests can
+      simulate an interruption).
+    loss_fn: the objective, with the signature of ``attnlab.training.objectives.loss_fn``.
+
+  Returns:
+    The summaries, one per seed.
+
+  Raises:
+    ConfigError: an invalid config (before anything is compiled).
+    FloatingPointError: a non-finite loss or gradient norm; names the step, metric and seed.
+  """
+  run = config_lib.parse_config(config)
+  seeds = [int(s) for s in seeds]
+  workdirs = [os.fspath(w) for w in workdirs]
+  if not seeds or len(seeds) != len(workdirs):
+    raise ValueError(f"need one workdir per seed; got seeds={seeds}, workdirs={workdirs}.")
+  if len(set(workdirs)) != len(workdirs) or len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds and workdirs must be distinct; got {seeds}, {workdirs}.")
+  config_dicts = [_seed_config_dict(config, s) for s in seeds]
+  for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
+    os.makedirs(workdir, exist_ok=True)
+    _check_same_config(workdir, config_dict)
+  if all(rundir.is_finished(w) for w in workdirs):
+    _log.info("already completed, not retrained: %s", workdirs)
+    return [rundir.read_summary(w) for w in workdirs]
+  for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
+    rundir.write_config(workdir, config_dict)
+
+  compiled = step_lib.compile_run(run, loss_fn)
+  checkpointers = [checkpoints.RunCheckpointer(w, run.train.keep_checkpoints) for w in workdirs]
+  try:
+    return _train_loop(run, compiled, seeds, workdirs, checkpointers, callback)
+  finally:
+    for checkpointer in checkpointers:
+      checkpointer.close()
+
+
+def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, callback):
+  task, train_cfg = run.task, run.train
+  base_keys = step_lib.seed_keys(seeds)
+  nan_at_step = jnp.int32(train_cfg.nan_at_step)
+
+  batch_at = functools.partial(step_lib.train_batch, task, train_cfg.batch_size, seeds)
+
+  clock = time.perf_counter()
+  state = step_lib.init_states(compiled, base_keys, batch_at(0))
+  histories = [
+    {"rows": [], "train_seconds": 0.0, "compile_seconds": 0.0, "timed_steps": 0} for _ in seeds
+  ]
+  start = checkpoints.latest_common_step(checkpointers)
+  if start is not None:
+    restored = [c.restore(start, step_lib.seed_slice(state, 0)) for c in checkpointers]
+    state = step_lib.stack_seeds([s for s, _ in restored])
+    histories = [h for _, h in restored]
+    _log.info("resuming %d run(s) from step %d", len(seeds), start)
+  start = start or 0
+  last_saved = start or None
+  for workdir, history in zip(workdirs, histories, strict=True):
+    rundir.write_metrics(workdir, history["rows"])  # Drops rows written after `start`.
+  init_seconds = time.perf_counter() - clock
+
+  eval_steps = set(train_cfg.eval_steps())
+  schedule = step_lib.learning_rate_schedule(run.optimizer, train_cfg.steps)
+  progress = Progress(train_cfg.steps, start, name=f"{task.name}/{run.attention.value}")
+  train_seconds, timed_steps = histories[0]["train_seconds"], histories[0]["timed_steps"]
+  # Steps since the last sync / since the last evaluation, and that interval's seconds.
+  pending_steps, interval_steps, interval_seconds = 0, 0, 0.0
+  first_call = True
+  clock = time.perf_counter()
+  for step in range(start, train_cfg.steps):
+    state = compiled.step(state, batch_at(step), base_keys, nan_at_step)
+    done = step + 1
+    if first_call:  # Compilation: timed apart from the training rate.
+      jax.block_until_ready(state)
+      for history in histories:
+        history["compile_seconds"] += time.perf_counter() - clock + init_seconds
+      first_call = False
+      progress.add_steps(1, None)
+      clock = time.perf_counter()
+    else:
+      pending_steps += 1
+    is_eval = done in eval_steps
+    is_save = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
+    if not (is_eval or is_save or done % train_cfg.log_every == 0):
+      continue
+    jax.block_until_ready(state)
+    elapsed = time.perf_counter() - clock
+    train_seconds += elapsed
+    interval_seconds += elapsed
+    timed_steps += pending_steps
+    interval_steps += pending_steps
+    progress.add_steps(pending_steps, elapsed)
+    pending_steps = 0
+    _raise_if_bad(state, seeds, workdirs, last_saved)
+    if is_eval:
+      rows = _evaluation_rows(run, compiled, state, done, base_keys, schedule)
+      rate = interval_steps / interval_seconds if interval_seconds > 0 else None
+      for history, workdir, row in zip(histories, workdirs, rows, strict=True):
+        row.update(steps_per_second=rate, train_seconds=train_seconds)
+        history["rows"].append(row)
+        rundir.append_metrics(workdir, row)
+      state = state._replace(
+        metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
+        metric_count=jnp.zeros_like(state.metric_count),
+      )
+      interval_steps, interval_seconds = 0, 0.0
+      shown = ("train/loss", "val/seq_accuracy", "val/alignment_accuracy")
+      progress.log({k: rows[0][k] for k in shown if rows[0].get(k) is not None})
+    elif done % train_cfg.log_every == 0:
+      progress.log()
+    for history in histories:
+      history.update(train_seconds=train_seconds, timed_steps=timed_steps)
+    if is_save:
+      for i, checkpointer in enumerate(checkpointers):
+        checkpointer.save(done, step_lib.seed_slice(state, i), histories[i])
+      last_saved = done
+    if is_eval and callback is not None:
+      callback(done, [h["rows"][-1] for h in histories])
+    clock = time.perf_counter()
+
+  maps = _attention_maps(compiled, state, base_keys)
+  summaries = []
+  for i, (seed, workdir) in enumerate(zip(seeds, workdirs, strict=True)):
+    _write_figures(run, compiled.eval_data.batch, workdir, histories[i]["rows"], maps, i)
+    summary = _summary(run, seed, histories[i], len(seeds))
+    rundir.write_summary(workdir, summary)
+    summaries.append(summary)
+  return summaries
+
+
+def _evaluation_rows(run, compiled: CompiledRun, state: TrainState, step: int, keys, schedule):
+  """One metrics row per seed after update ``step``."""
+  num_seeds = keys.shape[0]
+  count = np.maximum(np.asarray(state.metric_count), 1.0)
+  learning_rate = float(schedule(step - 1))
+  rows = [{"step": step, "train/learning_rate": learning_rate} for _ in range(num_seeds)]
+  results = {
+    f"train/{k}": np.asarray(v) / count for k, v in jax.device_get(state.metric_sums).items()
+  }
+  eval_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.EVAL, step))(keys)
+  results.update(
+    jax.device_get(compiled.evaluate(state.params, compiled.eval_data.batch, eval_keys))
+  )
+  if run.train.is_probe_step(step) and _stochastic_gradient(run):
+    probe_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.PROBE, step))(keys)
+    probe = compiled.probe(state.params, state.objective_state, compiled.probe_batch, probe_keys)
+    results.update(jax.device_get(probe))
+  elif run.train.is_probe_step(step):
+    results["grad/variance"] = np.zeros(num_seeds)  # Deterministic: every estimate is equal.
+  for name, values in results.items():
+    for i, row in enumerate(rows):
+      row[name] = float(values[i])
+  return rows
+
+
+def _attention_maps(compiled: CompiledRun, state: TrainState, keys):
+  """Teacher-forced attention of the first validation examples, for the heatmaps."""
+  n = min(compiled.program.run.train.num_heatmaps, compiled.eval_data.slices[0][2])
+  if n == 0:
+    return None
+  batch = jax.tree.map(lambda x: x[:n], compiled.eval_data.batch)  # VAL comes first.
+  heatmap_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.HEATMAP, 0))(keys)
+  return jax.device_get(compiled.attention_maps(state.params, batch, heatmap_keys))
+
+
+def _write_figures(run, eval_batch, workdir, rows, maps, i):
+  title = f"{run.task.name} / {run.attention.value} ({run.objective.objective.value})"
+  if maps is not None:
+    weights, index = maps
+    n = weights.shape[1]
+    plots.plot_attention_heatmaps(
+      os.path.join(workdir, rundir.HEATMAPS_FILE),
+      weights[i],
+      np.asarray(eval_batch.alignment[:n]),
+      np.asarray(eval_batch.inputs[:n]),
+      np.asarray(eval_batch.targets[:n]),
+      sampled_index_NxT=None if index is None else index[i],
+      input_lengths=np.asarray(eval_batch.input_lengths[:n]),
+      target_lengths=np.asarray(eval_batch.target_lengths[:n]),
+      title=title,
+    )
+  if rows:
+    plots.plot_learning_curve(os.path.join(workdir, rundir.LEARNING_CURVE_FILE), rows, title=title)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates one run (seed ``config.seed``) in ``workdir``; resumes if possible.
+
+  Equal to ``train_seeds(config, [config.seed], [workdir])[0]``: see :func:`train_seeds`
+  for what is written.
+
+  Args:
+    config: a run config (schema of ``configs/default.py``).
+    workdir: the run's directory.
+
+  Returns:
+    The run's summary (also in ``workdir/summary.json``).
+  """
+  return train_seeds(config, [config.seed], [workdir])[0]

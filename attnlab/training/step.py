@@ -1,0 +1,440 @@
+"""One run's program: the model, the per-seed train step and evaluation, jitted and seed-vmapped.
+
+The train state of every seed has a leading SEED axis and the per-seed step is ``jax.vmap``-ed
+over it, so ``len(seeds)`` runs of one config train in one jitted program (small models
+underuse the hardware; this is the main speed lever). Which method is trained (soft, sparse,
+Gumbel, exact marginal, hard with enumerated or REINFORCE gradient) is config inside the one
+step: :func:`attnlab.training.objectives.loss_fn` branches on its ``ObjectiveConfig`` at trace
+time.
+
+Randomness is stateless: data for update ``s`` of seed ``n`` is
+``task.sample(np.random.default_rng([n, s]), ...)`` (:func:`train_batch`); keys are named
+streams ``fold_in(fold_in(PRNGKey(n), Stream.X), s)`` (:func:`stream_key`). Same config and seed
+give the same numbers on CPU, and a resumed run continues the same streams.
+
+:func:`compile_run` builds (and caches) a run's functions; :mod:`attnlab.training.loop` drives
+them and writes the run directory; ``experiments/bench_train.py`` times the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attnlab import metrics, modules, tasks
+from attnlab.tasks import Split
+from attnlab.training import config as config_lib
+from attnlab.training import objectives
+
+EVAL_SPLITS = (Split.VAL, Split.TEST, Split.OOD)
+
+
+# Functions called once or a few times per run (init, probes, heatmaps) compile without
+# LLVM optimisation: about 3x faster to compile on CPU, and for them compile time, not run
+# time, dominates. The train step and the evaluation (called every `eval_every` steps) are
+# optimised as usual.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+class _FastCompiled:
+  """``jax.jit(fn)``, compiled with :data:`_FAST_COMPILE` once per input signature."""
+
+  def __init__(self, fn: Callable[..., Any]):
+    self._jitted = jax.jit(fn)
+    self._compiled = {}
+
+  def __call__(self, *args):
+    signature = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)
+    signature = (jax.tree.structure(args), tuple(jax.tree.leaves(signature)))
+    if signature not in self._compiled:
+      lowered = self._jitted.lower(*args)
+      self._compiled[signature] = lowered.compile(compiler_options=_FAST_COMPILE)
+    return self._compiled[signature](*args)
+
+
+class Stream(enum.IntEnum):
+  """Named PRNG streams: ``fold_in(PRNGKey(seed), stream)`` then ``fold_in(., step)``."""
+
+  INIT = 0
+  TRAIN = 1
+  EVAL = 2
+  PROBE = 3
+  HEATMAP = 4
+
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes (one seed; ``train_seeds`` stacks a seed axis).
+
+  Attributes:
+    step: int32 number of updates done.
+    params: model parameters.
+    opt_state: optax state.
+    objective_state: ``objectives.ObjectiveState`` (e.g. the EMA baseline).
+    metric_sums: sums of the loss metrics since the last evaluation.
+    metric_count: float32 number of steps in ``metric_sums``.
+    bad_step: int32 first update whose loss or gradient norm was non-finite, -1 if none.
+    bad_metric: int32 what was non-finite at ``bad_step``: 1 loss, 2 gradient norm.
+  """
+
+  step: chex.Array
+  params: Any
+  opt_state: Any
+  objective_state: Any
+  metric_sums: dict[str, chex.Array]
+  metric_count: chex.Array
+  bad_step: chex.Array
+  bad_metric: chex.Array
+
+
+# What ``TrainState.bad_metric`` codes for.
+BAD_METRIC_NAMES = {1: "train/loss", 2: "train/grad_norm"}
+
+
+def learning_rate_schedule(cfg: config_lib.OptimizerConfig, steps: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay; update ``s`` (1-indexed) uses ``schedule(s - 1)``.
+
+  The warm-up starts at ``lr / warmup_steps`` rather than 0, so no update is wasted; the
+  last update uses ``lr * final_lr_fraction``.
+  """
+  base = optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=cfg.learning_rate,
+    warmup_steps=cfg.warmup_steps,
+    decay_steps=max(steps, cfg.warmup_steps + 1),
+    end_value=cfg.learning_rate * cfg.final_lr_fraction,
+  )
+  return lambda count: base(count + 1)
+
+
+def make_optimizer(cfg: config_lib.OptimizerConfig, steps: int) -> optax.GradientTransformation:
+  """Adam or AdamW on :func:`learning_rate_schedule`, after global-norm clipping."""
+  schedule = learning_rate_schedule(cfg, steps)
+  if cfg.name is config_lib.OptimizerName.ADAMW:
+    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+  else:
+    tx = optax.adam(schedule)
+  if cfg.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  return tx
+
+
+def _jnp_batch(batch: tasks.Batch) -> tasks.Batch:
+  return tasks.Batch(*(jnp.asarray(x) for x in batch))
+
+
+def seed_keys(seeds: Sequence[int]) -> chex.Array:
+  """``[N, 2]`` base keys ``PRNGKey(seed)``, one per seed (the SEED axis of the step)."""
+  return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+
+
+def stream_key(base_key: chex.Array, stream: Stream, step) -> chex.Array:
+  """``fold_in(fold_in(base_key, stream), step)``: the key of one stream at one step."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, int(stream)), step)
+
+
+def train_batch(task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int) -> tasks.Batch:
+  """The training batch of update ``step`` for every seed, stacked on a leading SEED axis.
+
+  Stateless: seed ``n`` draws ``task.sample(np.random.default_rng([n, step]), ...)``, so a
+  resumed run sees the same data as an uninterrupted one.
+  """
+  batches = [task.sample(np.random.default_rng([s, step]), batch_size, Split.TRAIN) for s in seeds]
+  return _jnp_batch(tasks.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True))))
+
+
+def seed_slice(tree: Any, i: int) -> Any:
+  """Seed ``i``'s part of a pytree with a leading SEED axis."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def stack_seeds(trees: Sequence[Any]) -> Any:
+  """Per-seed pytrees stacked on a leading SEED axis (the inverse of :func:`seed_slice`)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+class EvalData(NamedTuple):
+  """The fixed eval sets of every split, padded to one shape and concatenated, so that
+  evaluation is one call and one compilation (padding is masked: metrics are unchanged)."""
+
+  batch: tasks.Batch
+  slices: tuple[tuple[str, int, int], ...]  # (split name, start, stop) along the batch.
+
+
+def _pad_to(x: np.ndarray, width: int, fill: int) -> np.ndarray:
+  return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
+
+
+def eval_data(task: tasks.Task, size: int, seed: int, splits=EVAL_SPLITS) -> EvalData:
+  """``task.eval_set(split, size, seed)`` of each split, padded and concatenated."""
+  sets = [task.eval_set(split, size, seed) for split in splits]
+  source_len = max(b.inputs.shape[1] for b in sets)
+  target_len = max(b.targets.shape[1] for b in sets)
+  padded = [
+    tasks.Batch(
+      inputs=_pad_to(b.inputs, source_len, tasks.PAD),
+      input_lengths=b.input_lengths,
+      targets=_pad_to(b.targets, target_len, tasks.PAD),
+      target_lengths=b.target_lengths,
+      alignment=_pad_to(b.alignment, target_len, -1),
+    )
+    for b in sets
+  ]
+  offsets = np.cumsum([0] + [b.inputs.shape[0] for b in sets])
+  slices = tuple(
+    (split.value, int(offsets[i]), int(offsets[i + 1])) for i, split in enumerate(splits)
+  )
+  return EvalData(_jnp_batch(_stack_concat(padded)), slices)
+
+
+def _stack_concat(batches: Sequence[tasks.Batch]) -> tasks.Batch:
+  return tasks.Batch(*(np.concatenate(xs) for xs in zip(*batches, strict=True)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The model and the pure per-seed functions of a run (vmapped and jitted by the loop)."""
+
+  run: config_lib.RunConfig
+  model: Any
+  optimizer: optax.GradientTransformation
+  loss_fn: Callable[..., Any]
+
+  def apply(self, params, batch, key, **kwargs):
+    return self.model.apply(
+      params,
+      batch.inputs,
+      batch.input_lengths,
+      tasks.decoder_inputs(batch.targets),
+      rngs={"attention": key},
+      **kwargs,
+    )
+
+  def init_state(self, base_key: chex.Array, example: tasks.Batch) -> TrainState:
+    """Fresh state of one seed; ``example`` gives the input shapes."""
+    params_key, attention_key = jax.random.split(stream_key(base_key, Stream.INIT, 0))
+    params = self.model.init(
+      {"params": params_key, "attention": attention_key},
+      example.inputs,
+      example.input_lengths,
+      tasks.decoder_inputs(example.targets),
+    )
+    max_target_len = self.run.task.max_target_len(Split.TRAIN)
+    objective_state = objectives.init_objective_state(self.run.objective, max_target_len)
+    metric_shapes = jax.eval_shape(
+      lambda p, s: self._loss(p, example, attention_key, s, 0, -1)[1].metrics,
+      params,
+      objective_state,
+    )
+    return TrainState(
+      step=jnp.int32(0),
+      params=params,
+      opt_state=self.optimizer.init(params),
+      objective_state=objective_state,
+      metric_sums={k: jnp.zeros((), jnp.float32) for k in [*metric_shapes, "grad_norm"]},
+      metric_count=jnp.zeros((), jnp.float32),
+      bad_step=jnp.int32(-1),
+      bad_metric=jnp.int32(0),
+    )
+
+  def _loss(self, params, batch, key, objective_state, step, nan_at_step):
+    loss, aux = self.loss_fn(params, self.model, batch, key, self.run.objective, objective_state)
+    # Debug hook (config.debug.nan_at_step, a traced scalar so that it never recompiles):
+    # poisons the loss, and through it the gradient, of one update.
+    loss = loss * jnp.where(step + 1 == nan_at_step, jnp.nan, 1.0)
+    return loss, aux
+
+  def train_step(
+    self, state: TrainState, batch: tasks.Batch, base_key: chex.Array, nan_at_step: chex.Array
+  ) -> TrainState:
+    """One update of one seed.
+
+    A non-finite loss or gradient norm leaves params, optimiser and objective state
+    unchanged and is recorded in ``bad_step``; the loop raises at its next check, before
+    any checkpoint is written.
+    """
+    key = stream_key(base_key, Stream.TRAIN, state.step)
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    (loss, aux), grads = grad_fn(
+      state.params, batch, key, state.objective_state, state.step, nan_at_step
+    )
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_good = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    step_metrics = dict(aux.metrics, grad_norm=grad_norm)
+    first_bad = (state.bad_step < 0) & ~finite
+    return TrainState(
+      step=state.step + 1,
+      params=keep_good(params, state.params),
+      opt_state=keep_good(opt_state, state.opt_state),
+      objective_state=keep_good(aux.state, state.objective_state),
+      metric_sums={
+        k: state.metric_sums[k] + step_metrics[k].astype(jnp.float32) for k in state.metric_sums
+      },
+      metric_count=state.metric_count + 1.0,
+      bad_step=jnp.where(first_bad, state.step + 1, state.bad_step),
+      bad_metric=jnp.where(first_bad, jnp.where(jnp.isfinite(loss), 2, 1), state.bad_metric).astype(
+        jnp.int32
+      ),
+    )
+
+  def evaluate(self, params, data: EvalData, key: chex.Array) -> dict[str, chex.Array]:
+    """Metrics of one seed on the fixed eval sets (all splits in one padded batch).
+
+    Sequence and token accuracy come from free-running greedy decoding; NLL and the
+    attention metrics from a teacher-forced pass, both under the run's eval mode.
+    """
+    batch = data.batch
+    decode_key, forced_key = jax.random.split(key)
+    target_len = batch.targets.shape[1]
+    mask_BxT = metrics.target_mask(batch.target_lengths, target_len)
+    tokens_BxT, _ = modules.greedy_decode(
+      self.model,
+      params,
+      batch.inputs,
+      batch.input_lengths,
+      max_len=target_len,
+      mode=self.run.eval_mode,
+      key=decode_key,
+    )
+    out = self.apply(params, batch, forced_key, attention_override=self.run.eval_mode)
+    results = {}
+    for split, start, stop in data.slices:
+      part = functools.partial(jax.tree.map, lambda x, a=start, b=stop: x[a:b])
+      b, mask, tokens = part(batch), part(mask_BxT), part(tokens_BxT)
+      weights, logits = part(out.attention.weights), part(out.logits)
+      averages = {
+        "seq_accuracy": metrics.sequence_accuracy(tokens, b.targets, mask),
+        "token_accuracy": metrics.token_accuracy(tokens, b.targets, mask),
+        "nll": metrics.negative_log_likelihood(logits, b.targets, mask),
+        "alignment_accuracy": metrics.alignment_accuracy(weights, b.alignment),
+        "lenient_alignment_accuracy": metrics.lenient_alignment_accuracy(
+          weights, b.alignment, b.inputs
+        ),
+        "attention_mass_on_gold": metrics.attention_mass_on_gold(weights, b.alignment),
+        "attention_entropy": metrics.attention_entropy(weights, mask),
+        "support_size": metrics.support_size(weights, mask),
+      }
+      results.update({f"{split}/{k}": v.value for k, v in averages.items()})
+    return results
+
+  def probe(self, params, objective_state, batch: tasks.Batch, key: chex.Array):
+    return objectives.gradient_probe(
+      params,
+      self.model,
+      batch,
+      key,
+      self.run.objective,
+      objective_state,
+      self.run.train.probe_samples,
+    )
+
+  def attention_maps(self, params, batch: tasks.Batch, key: chex.Array):
+    """Teacher-forced attention of the trained kind: ``(weights [B,T,S], index [B,T]|None)``."""
+    out = self.apply(params, batch, key)
+    return out.attention.weights, out.attention.index
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledRun:
+  """A run's jitted, seed-vmapped functions and its fixed data (see :func:`compile_run`).
+
+  Attributes:
+    program: the model and the per-seed functions.
+    init: ``(base_key, example) -> TrainState`` of one seed (see :func:`init_states`).
+    step: ``(states, batch, base_keys, nan_at_step) -> states``: one update of every seed.
+    evaluate: ``(params, eval_batch, keys) -> metrics`` of every seed.
+    probe: ``(params, objective_states, probe_batch, keys) -> gradient statistics``.
+    attention_maps: ``(params, batch, keys) -> (weights, index)`` of every seed.
+    eval_data: the fixed evaluation sets.
+    probe_batch: the fixed probe batch.
+  """
+
+  program: Program
+  init: Callable[..., TrainState]
+  step: Callable[..., TrainState]
+  evaluate: Callable[..., dict[str, chex.Array]]
+  probe: Callable[..., dict[str, chex.Array]]
+  attention_maps: Callable[..., Any]
+  eval_data: EvalData
+  probe_batch: tasks.Batch
+
+
+def compile_run(
+  run: config_lib.RunConfig, loss_fn: Callable[..., Any] = objectives.loss_fn
+) -> CompiledRun:
+  """The jitted, seed-vmapped functions of a run (XLA compiles each on its first call).
+
+  Cached: runs whose configs differ only in the seed or the loop cadence (evaluation,
+  logging, checkpoint and probe steps) share the functions, so they compile once.
+
+  Args:
+    run: the parsed run config.
+    loss_fn: the objective, with the signature of
+      :func:`attnlab.training.objectives.loss_fn`.
+
+  Returns:
+    A :class:`CompiledRun`.
+  """
+  return _compile(_cache_key(run), loss_fn)
+
+
+def init_states(compiled: CompiledRun, base_keys: chex.Array, batch: tasks.Batch) -> TrainState:
+  """Fresh train states of every seed, stacked (``batch``: a stacked batch, for shapes)."""
+  example = seed_slice(batch, 0)
+  return stack_seeds([compiled.init(key, example) for key in base_keys])
+
+
+def _cache_key(run: config_lib.RunConfig) -> config_lib.RunConfig:
+  """``run`` without the settings that change no compiled function (seed, loop cadence)."""
+  neutral = dataclasses.replace(
+    run.train,
+    eval_every=1,
+    log_every=1,
+    checkpoint_every=1,
+    keep_checkpoints=1,
+    probe_steps=(),
+    probe_every=0,
+    nan_at_step=-1,
+  )
+  return dataclasses.replace(run, seed=0, train=neutral)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(run: config_lib.RunConfig, loss_fn: Callable[..., Any]) -> CompiledRun:
+  """Builds (and caches, so that runs of one config in a process compile once) a run's
+  functions. Compilation itself happens on first call."""
+  train_cfg = run.train
+  program = Program(
+    run, modules.build_model(run.model), make_optimizer(run.optimizer, train_cfg.steps), loss_fn
+  )
+  data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed)
+  probe_rng = np.random.default_rng([train_cfg.probe_seed])
+  probe_batch = run.task.sample(probe_rng, train_cfg.probe_batch_size, Split.TRAIN)
+
+  def evaluate(params, batch, key):  # The split slices stay static Python ints.
+    return program.evaluate(params, data._replace(batch=batch), key)
+
+  return CompiledRun(
+    program=program,
+    # Per seed, not vmapped: on CPU (jaxlib 0.10.2) a seed-vmapped init of the BiGRU model
+    # deadlocks (0% CPU, never returns) for 2+ seeds at the default sizes, while the
+    # vmapped apply and train step run fine. It runs once per seed.
+    init=_FastCompiled(program.init_state),
+    step=jax.jit(jax.vmap(program.train_step, in_axes=(0, 0, 0, None))),
+    evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, None, 0))),
+    probe=_FastCompiled(jax.vmap(program.probe, in_axes=(0, 0, None, 0))),
+    attention_maps=_FastCompiled(jax.vmap(program.attention_maps, in_axes=(0, None, 0))),
+    eval_data=data,
+    probe_batch=_jnp_batch(probe_batch),
+  )
