@@ -95,13 +95,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.name = "adam"  # adam | adamw.
   config.optimizer.learning_rate = 3e-3  # Peak learning rate.
   config.optimizer.warmup_steps = 20  # Linear warm-up steps.
-  config.optimizer.final_lr_fraction = 0.1  # Cosine decays to this fraction of the peak.
+  # Cosine decays to this fraction of the peak by `steps`. 1.0 (constant after warm-up):
+  # runs stop early at `stop_accuracy`, and a decay tied to the step budget would make the
+  # learning rate at convergence depend on the budget.
+  config.optimizer.final_lr_fraction = 1.0
   config.optimizer.weight_decay = 0.0  # Decoupled weight decay (adamw only).
   config.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
 
-  config.steps = 400  # Number of updates.
+  config.steps = 400  # Step budget: the most updates a run makes.
+  # Convergence: a run stops once val/seq_accuracy (greedy exact match) is at least this at
+  # `stop_patience` evaluations in a row; its summary then says converged. 0 never stops.
+  config.stop_accuracy = 0.99
+  config.stop_patience = 2  # Consecutive evaluations at or above stop_accuracy.
   config.batch_size = 64  # Examples per update (per seed).
-  config.eval_every = 100  # Evaluate val/test/ood (greedy decoding) every this many steps.
+  # Evaluate val (greedy decoding) every this many steps; test and ood once, at the end.
+  config.eval_every = 50
   config.eval_size = 256  # Examples in each fixed evaluation set.
   config.eval_seed = 0  # Seed of the evaluation sets (the same for every run).
   config.log_every = 50  # Progress line (steps/s, ETA) and NaN check every this many steps.

@@ -32,6 +32,9 @@ def _summary(test_acc, steps90=None, steps99=None, var1=1e-6, **extra):
     "grad/variance@50": var1 / 10,
     "ms_per_step": 12.0,
     "train_seconds": 3.0,
+    "converged": steps99 is not None,
+    "steps_trained": steps99 + 50 if steps99 is not None else 500,
+    "steps": 500,
     **extra,
   }
 
@@ -118,12 +121,17 @@ def test_table_numbers(sweep):
   md = table.format_table(table.collect_results(str(workdir), grid), grid)
   (header_line,) = [line for line in md.splitlines() if line.startswith("| task |")]
   header = [c.strip() for c in header_line.strip("|").split("|")]
-  assert header[:7] == ["task", "method", "seeds ok", "steps→90%", "steps→99%", "s→90%", "s→99%"]
+  assert header[:9] == [
+    "task", "method", "seeds ok", "converged", "steps / budget",
+    "steps→90%", "steps→99%", "s→90%", "s→99%",
+  ]  # fmt: skip
   assert header[-3:] == ["grad var @1", "grad var @50", "ms/step"]
   soft = dict(zip(header, _table_row(md, "soft"), strict=True))
   assert soft["seeds ok"] == "3/3"
   assert soft["steps→90%"] == "120 (3/3)"
   assert soft["steps→99%"] == "225 (2/3)"  # mean over the two seeds that got there.
+  assert soft["converged"] == "2/3"
+  assert soft["steps / budget"] == "350 / 500"  # (200 + 500 + 350) / 3 steps trained.
   assert soft["s→99%"] == "2.2 (2/3)"
   accs = np.array([1.0, 0.98, 0.96]) * 100
   assert soft["test seq acc %"] == f"{accs.mean():.1f} ± {accs.std(ddof=1):.1f}" == "98.0 ± 2.0"

@@ -65,8 +65,11 @@ def test_smoke_run_writes_every_output(reference_run):
   assert rundir.read_json(os.path.join(workdir, "config.json"))["seed"] == 0
   rows = rundir.read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2, 4, 6, 8]
-  for row in rows:
-    for split in ("val", "test", "ood"):
+  for i, row in enumerate(rows):
+    # Validation at every evaluation (it decides convergence); test and OOD once, at the end.
+    splits = ("val", "test", "ood") if i == len(rows) - 1 else ("val",)
+    assert not any(k.startswith(("test/", "ood/")) for k in row) or i == len(rows) - 1
+    for split in splits:
       for metric in ("seq_accuracy", "token_accuracy", "alignment_accuracy", "attention_entropy"):
         assert 0.0 <= row[f"{split}/{metric}"] <= (1.0 if "accuracy" in metric else 10.0)
     assert math.isfinite(row["train/loss"]) and math.isfinite(row["train/grad_norm"])
@@ -95,6 +98,7 @@ def test_smoke_run_writes_every_output(reference_run):
     assert key in summary, key
   assert summary["grad/variance@1"] == rows[0]["grad/variance"]
   assert summary["test/seq_accuracy"] == rows[-1]["test/seq_accuracy"]
+  assert summary["converged"] is False and summary["steps_trained"] == summary["steps"] == STEPS
   assert sorted(checkpoints.RunCheckpointer(workdir, 2).all_steps()) == [4, 8]
 
 
@@ -203,3 +207,39 @@ def test_learning_rate_schedule_warms_up_then_decays_to_the_final_fraction():
   assert float(schedule(0)) == pytest.approx(peak / warmup)  # The first update is not wasted.
   assert float(schedule(warmup - 1)) == pytest.approx(peak)
   assert float(schedule(STEPS - 1)) == pytest.approx(peak * cfg.final_lr_fraction)
+
+
+def test_converged_seed_stops_and_its_results_are_those_of_its_stop_step(tmp_path, monkeypatch):
+  # A stopping metric that every run meets (the learning rate is > 0), so the rule fires at
+  # the second evaluation (patience 2): step 2. The final parameters must then be those of
+  # step 2: the final evaluation's validation metrics equal the row logged at step 2.
+  monkeypatch.setattr(rundir, "THRESHOLD_METRIC", "train/learning_rate")
+  workdir = str(tmp_path / "stops")
+  config = _config(stop_accuracy=1e-9, stop_patience=2)
+  summary = loop.train_and_evaluate(config, workdir)
+  rows = rundir.read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2]
+  assert summary["converged"] is True and summary["steps_trained"] == 2 and summary["steps"] == 8
+  assert "test/seq_accuracy" in rows[-1] and "ood/seq_accuracy" in summary
+  assert checkpoints.RunCheckpointer(workdir, 2).all_steps() == [2]
+  # The final evaluation (all splits, final parameters) reproduces step 2's validation row.
+  reference = str(tmp_path / "reference")
+  loop.train_and_evaluate(_config(steps=2, stop_accuracy=0.0), reference)
+  ref_row = rundir.read_metrics(reference)[-1]
+  for key in ("val/seq_accuracy", "val/nll", "test/nll", "ood/nll", "train/loss"):
+    assert rows[-1][key] == pytest.approx(ref_row[key], rel=1e-6), key
+
+
+def test_inactive_seed_keeps_its_state_exactly():
+  run = config_lib.parse_config(_config())
+  compiled = step.compile_run(run)
+  keys = step.seed_keys([0, 1])
+  batch = step.train_batch(run.task, 8, [0, 1], 0)
+  state = step.init_states(compiled, keys, batch)
+  new = compiled.step(state, batch, keys, np.int32(-1), np.array([True, False]))
+  for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+    np.testing.assert_array_equal(np.asarray(before)[1], np.asarray(after)[1])
+  assert int(new.step[0]) == 1 and int(new.step[1]) == 0
+  assert not np.array_equal(
+    np.asarray(jax.tree.leaves(state.params)[0])[0], np.asarray(jax.tree.leaves(new.params)[0])[0]
+  )

@@ -32,6 +32,9 @@ ID_COLUMNS = ("task", "method", "seed", "status", "error")
 # summary.json metrics in the order they lead results.csv (probe variances and any other keys
 # the trainer writes follow, so no metric is dropped).
 SUMMARY_KEYS = (
+  "converged",
+  "steps_trained",
+  "steps",
   *(rundir.steps_to_key(t) for t in rundir.THRESHOLDS),
   *(rundir.seconds_to_key(t) for t in rundir.THRESHOLDS),
   "test/seq_accuracy",
@@ -262,6 +265,8 @@ def table_columns(probes: Sequence[str]) -> list[str]:
     "task",
     "method",
     "seeds ok",
+    "converged",
+    "steps / budget",
     *(f"steps→{t:.0%}" for t in rundir.THRESHOLDS),
     *(f"s→{t:.0%}" for t in rundir.THRESHOLDS),
     "test seq acc %",
@@ -297,6 +302,11 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     "- `mean ± std` over completed seeds (sample std). `steps→90%` / `s→99%`: steps / seconds"
     " to reach that validation exact-sequence accuracy, averaged over the seeds that did,"
     " with (seeds that did / completed seeds).",
+    "- `converged`: seeds whose run met its stopping rule (validation exact match at least"
+    " `stop_accuracy` at `stop_patience` evaluations in a row, configs/default.py) and stopped"
+    " there; the others trained the whole step budget. `steps / budget`: mean updates"
+    " trained over completed seeds, and the budget. Test and OOD are evaluated once, on the"
+    " final parameters.",
     "- `grad var @k`: gradient variance of the estimator at step k on a fixed probe batch"
     " (geometric mean over seeds); `ms/step`: training wall time per step of the vmapped"
     " seeds (all seeds of a row train together).",
@@ -333,6 +343,8 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
           task,
           method,
           seeds_ok,
+          f"{sum(r.get('converged') is True for r in done)}/{len(done)}",
+          f"{_mean(done, 'steps_trained', digits=0)} / {_mean(done, 'steps', digits=0)}",
           *(_threshold(done, rundir.steps_to_key(t)) for t in rundir.THRESHOLDS),
           *(_threshold(done, rundir.seconds_to_key(t), seconds=True) for t in rundir.THRESHOLDS),
           _mean_std(done, "test/seq_accuracy", 100.0),

@@ -104,6 +104,8 @@ class TrainConfig:
   probe_seed: int
   num_heatmaps: int
   nan_at_step: int
+  stop_accuracy: float
+  stop_patience: int
 
   def eval_steps(self) -> list[int]:
     """Steps after which the run evaluates: every ``eval_every``, probe steps, the last."""
@@ -323,7 +325,7 @@ def _optimizer_config(read: _Reader, steps: int) -> OptimizerConfig:
 _TRAIN_INT_LOWEST = dict(
     batch_size=1, eval_every=1, eval_size=1, eval_seed=0, log_every=1, checkpoint_every=1,
     keep_checkpoints=1, probe_every=0, probe_samples=2, probe_batch_size=1, probe_seed=0,
-    num_heatmaps=0, nan_at_step=-1,
+    num_heatmaps=0, nan_at_step=-1, stop_patience=1,
 )  # fmt: skip
 # Config keys of the TrainConfig fields whose key is not the field name.
 _TRAIN_KEYS = {"nan_at_step": "debug.nan_at_step"}
@@ -341,7 +343,8 @@ def _train_config(read: _Reader) -> TrainConfig:
     field: read.number(_TRAIN_KEYS.get(field, field), int, low=low)
     for field, low in _TRAIN_INT_LOWEST.items()
   }
-  return TrainConfig(steps=steps, probe_steps=probe_steps, **ints)
+  stop_accuracy = read.number("stop_accuracy", float, low=0, high=1)
+  return TrainConfig(steps=steps, probe_steps=probe_steps, stop_accuracy=stop_accuracy, **ints)
 
 
 def _task(read: _Reader):

@@ -111,6 +111,8 @@ def _summary(
     {rundir.COMPLETED_KEY: True},
     seed=seed,
     steps=run.train.steps,
+    converged=history["stopped_at"] is not None,
+    steps_trained=rows[-1]["step"] if rows else 0,
     task=run.task.name,
     attention=run.attention.value,
     objective=run.objective.objective.value,
@@ -220,6 +222,28 @@ def train_seeds(
       checkpointer.close()
 
 
+def _new_history() -> dict[str, Any]:
+  """A seed's history: its metrics rows, clocks and convergence (checkpointed as JSON)."""
+  return {
+    "rows": [],
+    "train_seconds": 0.0,
+    "compile_seconds": 0.0,
+    "timed_steps": 0,
+    "streak": 0,  # Consecutive evaluations at or above stop_accuracy.
+    "stopped_at": None,  # The step at which the seed converged and stopped training.
+  }
+
+
+def _update_convergence(train_cfg: config_lib.TrainConfig, history: dict, row: dict) -> None:
+  """Counts ``row`` towards the stopping rule; sets ``stopped_at`` once it is met."""
+  if train_cfg.stop_accuracy <= 0:
+    return
+  reached = row[rundir.THRESHOLD_METRIC] >= train_cfg.stop_accuracy
+  history["streak"] = history["streak"] + 1 if reached else 0
+  if history["streak"] >= train_cfg.stop_patience:
+    history["stopped_at"] = row["step"]
+
+
 def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, callback):
   task, train_cfg = run.task, run.train
   base_keys = step_lib.seed_keys(seeds)
@@ -229,14 +253,12 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
 
   clock = time.perf_counter()
   state = step_lib.init_states(compiled, base_keys, batch_at(0))
-  histories = [
-    {"rows": [], "train_seconds": 0.0, "compile_seconds": 0.0, "timed_steps": 0} for _ in seeds
-  ]
+  histories = [_new_history() for _ in seeds]
   start = checkpoints.latest_common_step(checkpointers)
   if start is not None:
     restored = [c.restore(start, step_lib.seed_slice(state, 0)) for c in checkpointers]
     state = step_lib.stack_seeds([s for s, _ in restored])
-    histories = [h for _, h in restored]
+    histories = [dict(_new_history(), **h) for _, h in restored]
     _log.info("resuming %d run(s) from step %d", len(seeds), start)
   start = start or 0
   last_saved = start or None
@@ -244,21 +266,28 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     rundir.write_metrics(workdir, history["rows"])  # Drops rows written after `start`.
   init_seconds = time.perf_counter() - clock
 
+  def active_seeds() -> np.ndarray:
+    return np.asarray([h["stopped_at"] is None for h in histories])
+
+  active = active_seeds()
   eval_steps = set(train_cfg.eval_steps())
   schedule = step_lib.learning_rate_schedule(run.optimizer, train_cfg.steps)
   progress = Progress(train_cfg.steps, start, name=f"{task.name}/{run.attention.value}")
-  train_seconds, timed_steps = histories[0]["train_seconds"], histories[0]["timed_steps"]
   # Steps since the last sync / since the last evaluation, and that interval's seconds.
   pending_steps, interval_steps, interval_seconds = 0, 0, 0.0
   first_call = True
+  done = start
   clock = time.perf_counter()
   for step in range(start, train_cfg.steps):
-    state = compiled.step(state, batch_at(step), base_keys, nan_at_step)
+    if not active.any():
+      break  # Every seed has converged.
+    state = compiled.step(state, batch_at(step), base_keys, nan_at_step, jnp.asarray(active))
     done = step + 1
     if first_call:  # Compilation: timed apart from the training rate.
       jax.block_until_ready(state)
-      for history in histories:
-        history["compile_seconds"] += time.perf_counter() - clock + init_seconds
+      for history, is_active in zip(histories, active, strict=True):
+        if is_active:
+          history["compile_seconds"] += time.perf_counter() - clock + init_seconds
       first_call = False
       progress.add_steps(1, None)
       clock = time.perf_counter()
@@ -270,20 +299,25 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       continue
     jax.block_until_ready(state)
     elapsed = time.perf_counter() - clock
-    train_seconds += elapsed
     interval_seconds += elapsed
-    timed_steps += pending_steps
     interval_steps += pending_steps
+    for history, is_active in zip(histories, active, strict=True):
+      if is_active:  # A stopped seed's clock stopped with it.
+        history["train_seconds"] += elapsed
+        history["timed_steps"] += pending_steps
     progress.add_steps(pending_steps, elapsed)
     pending_steps = 0
     _raise_if_bad(state, seeds, workdirs, last_saved)
     if is_eval:
       rows = _evaluation_rows(run, compiled, state, done, base_keys, schedule)
       rate = interval_steps / interval_seconds if interval_seconds > 0 else None
-      for history, workdir, row in zip(histories, workdirs, rows, strict=True):
-        row.update(steps_per_second=rate, train_seconds=train_seconds)
+      for history, workdir, row, is_active in zip(histories, workdirs, rows, active, strict=True):
+        if not is_active:
+          continue
+        row.update(steps_per_second=rate, train_seconds=history["train_seconds"])
         history["rows"].append(row)
         rundir.append_metrics(workdir, row)
+        _update_convergence(train_cfg, history, row)
       state = state._replace(
         metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
         metric_count=jnp.zeros_like(state.metric_count),
@@ -293,9 +327,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       progress.log({k: rows[0][k] for k in shown if rows[0].get(k) is not None})
     elif done % train_cfg.log_every == 0:
       progress.log()
-    for history in histories:
-      history.update(train_seconds=train_seconds, timed_steps=timed_steps)
-    if is_save:
+    active = active_seeds()
+    if is_save or not active.any():
       for i, checkpointer in enumerate(checkpointers):
         checkpointer.save(done, step_lib.seed_slice(state, i), histories[i])
       last_saved = done
@@ -303,6 +336,7 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       callback(done, [h["rows"][-1] for h in histories])
     clock = time.perf_counter()
 
+  _final_evaluation(run, compiled, state, base_keys, histories, workdirs)
   maps = _attention_maps(compiled, state, base_keys)
   summaries = []
   for i, (seed, workdir) in enumerate(zip(seeds, workdirs, strict=True)):
@@ -311,6 +345,27 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     rundir.write_summary(workdir, summary)
     summaries.append(summary)
   return summaries
+
+
+def _final_evaluation(run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs):
+  """Evaluates every seed's final parameters on every split, into its last metrics row.
+
+  A seed that converged stopped updating at its ``stopped_at`` step, so its final
+  parameters are those of its last row; the evaluation key is that row's, as during
+  training. The rewritten ``metrics.jsonl`` ends with that row, now with test and OOD.
+  """
+  last_steps = [h["rows"][-1]["step"] if h["rows"] else 0 for h in histories]
+  eval_keys = jnp.stack(
+    [step_lib.stream_key(k, Stream.EVAL, s) for k, s in zip(keys, last_steps, strict=True)]
+  )
+  results = jax.device_get(
+    compiled.evaluate_final(state.params, compiled.final_data.batch, eval_keys)
+  )
+  for i, (history, workdir) in enumerate(zip(histories, workdirs, strict=True)):
+    if not history["rows"]:
+      continue
+    history["rows"][-1].update({name: float(values[i]) for name, values in results.items()})
+    rundir.write_metrics(workdir, history["rows"])
 
 
 def _evaluation_rows(run, compiled: CompiledRun, state: TrainState, step: int, keys, schedule):

@@ -253,13 +253,19 @@ class Program:
     return loss, aux
 
   def train_step(
-    self, state: TrainState, batch: tasks.Batch, base_key: chex.Array, nan_at_step: chex.Array
+    self,
+    state: TrainState,
+    batch: tasks.Batch,
+    base_key: chex.Array,
+    nan_at_step: chex.Array,
+    active: chex.Array,
   ) -> TrainState:
-    """One update of one seed.
+    """One update of one seed; a seed that is not ``active`` (it has converged) is unchanged.
 
     A non-finite loss or gradient norm leaves params, optimiser and objective state
     unchanged and is recorded in ``bad_step``; the loop raises at its next check, before
-    any checkpoint is written.
+    any checkpoint is written. A stopped seed keeps its state exactly (step count included),
+    so its results equal those of a one-seed run that stopped at the same step.
     """
     key = stream_key(base_key, Stream.TRAIN, state.step)
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
@@ -270,10 +276,12 @@ class Program:
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    keep_good = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    keep_good = functools.partial(
+      jax.tree.map, lambda new, old: jnp.where(finite & active, new, old)
+    )
     step_metrics = dict(aux.metrics, grad_norm=grad_norm)
-    first_bad = (state.bad_step < 0) & ~finite
-    return TrainState(
+    first_bad = (state.bad_step < 0) & ~finite & active
+    new_state = TrainState(
       step=state.step + 1,
       params=keep_good(params, state.params),
       opt_state=keep_good(opt_state, state.opt_state),
@@ -287,6 +295,7 @@ class Program:
         jnp.int32
       ),
     )
+    return jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
 
   def evaluate(self, params, data: EvalData, key: chex.Array) -> dict[str, chex.Array]:
     """Metrics of one seed on the fixed eval sets (all splits in one padded batch).
@@ -352,11 +361,15 @@ class CompiledRun:
   Attributes:
     program: the model and the per-seed functions.
     init: ``(base_key, example) -> TrainState`` of one seed (see :func:`init_states`).
-    step: ``(states, batch, base_keys, nan_at_step) -> states``: one update of every seed.
-    evaluate: ``(params, eval_batch, keys) -> metrics`` of every seed.
+    step: ``(states, batch, base_keys, nan_at_step, active) -> states``: one update of every
+      seed whose ``active`` flag is set.
+    evaluate: ``(params, eval_batch, keys) -> metrics`` of every seed on the validation set
+      (during training: it decides convergence).
+    evaluate_final: the same on every split of ``final_data`` (once, at the end).
     probe: ``(params, objective_states, probe_batch, keys) -> gradient statistics``.
     attention_maps: ``(params, batch, keys) -> (weights, index)`` of every seed.
-    eval_data: the fixed evaluation sets.
+    eval_data: the fixed validation set.
+    final_data: the fixed validation, test and OOD sets.
     probe_batch: the fixed probe batch.
   """
 
@@ -364,9 +377,11 @@ class CompiledRun:
   init: Callable[..., TrainState]
   step: Callable[..., TrainState]
   evaluate: Callable[..., dict[str, chex.Array]]
+  evaluate_final: Callable[..., dict[str, chex.Array]]
   probe: Callable[..., dict[str, chex.Array]]
   attention_maps: Callable[..., Any]
   eval_data: EvalData
+  final_data: EvalData
   probe_batch: tasks.Batch
 
 
@@ -406,6 +421,8 @@ def _cache_key(run: config_lib.RunConfig) -> config_lib.RunConfig:
     probe_steps=(),
     probe_every=0,
     nan_at_step=-1,
+    stop_accuracy=0.0,
+    stop_patience=1,
   )
   return dataclasses.replace(run, seed=0, train=neutral)
 
@@ -418,12 +435,16 @@ def _compile(run: config_lib.RunConfig, loss_fn: Callable[..., Any]) -> Compiled
   program = Program(
     run, modules.build_model(run.model), make_optimizer(run.optimizer, train_cfg.steps), loss_fn
   )
-  data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed)
+  val_data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed, (Split.VAL,))
+  final_data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed)
   probe_rng = np.random.default_rng([train_cfg.probe_seed])
   probe_batch = run.task.sample(probe_rng, train_cfg.probe_batch_size, Split.TRAIN)
 
-  def evaluate(params, batch, key):  # The split slices stay static Python ints.
-    return program.evaluate(params, data._replace(batch=batch), key)
+  def evaluator(data: EvalData):
+    def evaluate(params, batch, key):  # The split slices stay static Python ints.
+      return program.evaluate(params, data._replace(batch=batch), key)
+
+    return jax.vmap(evaluate, in_axes=(0, None, 0))
 
   return CompiledRun(
     program=program,
@@ -431,10 +452,13 @@ def _compile(run: config_lib.RunConfig, loss_fn: Callable[..., Any]) -> Compiled
     # deadlocks (0% CPU, never returns) for 2+ seeds at the default sizes, while the
     # vmapped apply and train step run fine. It runs once per seed.
     init=_FastCompiled(program.init_state),
-    step=jax.jit(jax.vmap(program.train_step, in_axes=(0, 0, 0, None))),
-    evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, None, 0))),
+    step=jax.jit(jax.vmap(program.train_step, in_axes=(0, 0, 0, None, 0))),
+    evaluate=jax.jit(evaluator(val_data)),
+    # Once per run: compile time dominates, as for the probes.
+    evaluate_final=_FastCompiled(evaluator(final_data)),
     probe=_FastCompiled(jax.vmap(program.probe, in_axes=(0, 0, None, 0))),
     attention_maps=_FastCompiled(jax.vmap(program.attention_maps, in_axes=(0, None, 0))),
-    eval_data=data,
+    eval_data=val_data,
+    final_data=final_data,
     probe_batch=_jnp_batch(probe_batch),
   )
