@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from attnlab import hard, normalizers, scores, soft
 
 
-def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
+def _check_layout(q, k, v, mask, **pairs) -> tuple[int, int, int, int]:
+  """Checks ``q [B, T, H, Dk]``, ``k [B, S, H, Dk]``, ``v [B, S, H, Dv]`` and that ``mask``
+  (and every array in ``pairs``, e.g. a bias) broadcasts to ``[B, H, T, S]`` with rank 4."""
   for name, x in (("q", q), ("k", k), ("v", v)):
     if x.ndim != 4:
       raise ValueError(f"{name} must be [batch, time, heads, dim], got shape {x.shape}.")
@@ -33,18 +35,20 @@ def _check_layout(q, k, v, mask) -> tuple[int, int, int, int]:
       "k [B, S, H, Dk], v [B, S, H, Dv] with the same B and H."
     )
   k_len = k.shape[1]
-  if mask is not None:
-    expected = (batch, heads, q_len, k_len)
-    if mask.ndim != 4 or any(m not in (1, e) for m, e in zip(mask.shape, expected, strict=True)):
+  expected = (batch, heads, q_len, k_len)
+  for name, x in (("mask", mask), *pairs.items()):
+    if x is None:
+      continue
+    if x.ndim != 4 or any(m not in (1, e) for m, e in zip(x.shape, expected, strict=True)):
       raise ValueError(
-        f"mask of shape {mask.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
+        f"{name} of shape {x.shape} does not broadcast to [B, H, T, S] = {list(expected)} "
         "(rank 4, each axis 1 or full)."
       )
   return batch, q_len, heads, k_len
 
 
 def _mask_axes(mask) -> tuple[Any, Any, Any]:
-  """Splits a rank-4 mask into (mask for vmap, batch in_axis, head in_axis)."""
+  """Splits a rank-4 ``[B|1, H|1, ...]`` array into (array, batch in_axis, head in_axis)."""
   if mask is None:
     return None, None, None
   batch_axis = None if mask.shape[0] == 1 else 0
@@ -57,22 +61,32 @@ def _head_keys(key, batch: int, heads: int):
   return None if key is None else jax.random.split(key, (batch, heads))
 
 
-def _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, head_out_axes):
-  """vmap(per_head) over heads (axis 2 of q/k/v) then batch (axis 0)."""
-  mask, mask_b, mask_h = _mask_axes(mask)
+def _vmap_heads_and_batch(
+  per_head, q, k, v, mask, score_params, keys, head_out_axes, *, pairs: tuple = ()
+):
+  """vmap(per_head) over heads (axis 2 of q/k/v) then batch (axis 0).
+
+  ``per_head(q [T, Dk], k [S, Dk], v [S, Dv], mask, *pairs, params, key)``: ``mask`` and
+  each of ``pairs`` (rank-4 ``[B|1, H|1, T|1, S|1]`` arrays or ``None``, e.g. a bias) reach
+  it per head and example without materialising their size-1 axes.
+  """
+  split = [_mask_axes(x) for x in (mask, *pairs)]
+  arrays = [x for x, _, _ in split]
+  batch_axes = [b for _, b, _ in split]
+  head_axes = [h for _, _, h in split]
   key_axis = None if keys is None else 0
   over_heads = jax.vmap(
     per_head,
-    in_axes=(1, 1, 1, mask_h, 0, key_axis),
+    in_axes=(1, 1, 1, *head_axes, 0, key_axis),
     out_axes=head_out_axes,
   )
   over_batch = jax.vmap(
     over_heads,
-    in_axes=(0, 0, 0, mask_b, None, key_axis),
+    in_axes=(0, 0, 0, *batch_axes, None, key_axis),
     out_axes=0,
   )
   # Inside the batch vmap, q/k/v are [T, H, D]: heads on axis 1.
-  return over_batch(q, k, v, mask, score_params, keys)
+  return over_batch(q, k, v, *arrays, score_params, keys)
 
 
 def multi_head_soft_attention(
@@ -84,8 +98,10 @@ def multi_head_soft_attention(
   score_fn: soft.ScoreFn = scores.scaled_dot,
   score_params: dict[str, chex.Array] | None = None,
   normalizer: soft.Normalizer = normalizers.softmax,
+  bias: chex.Array | None = None,
   dropout_rate: float = 0.0,
   dropout_key: chex.PRNGKey | None = None,
+  dropout_mask: chex.Array | None = None,
 ) -> tuple[chex.Array, chex.Array]:
   """Multi-head soft attention: :func:`attnlab.soft_attention` vmapped over heads and batch.
 
@@ -97,23 +113,29 @@ def multi_head_soft_attention(
     score_fn: per-head score function ``(q [T, Dk], k [S, Dk], **params) -> [T, S]``.
     score_params: optional dict of per-head parameters, each with a leading ``[H]`` axis.
     normalizer: per-head normaliser (see :mod:`attnlab.normalizers`).
+    bias: optional additive score bias, broadcastable to ``[B, H, T, S]`` with rank 4.
     dropout_rate: attention-weight dropout rate.
     dropout_key: PRNG key when ``dropout_rate > 0`` (split per batch element and head).
+    dropout_mask: alternatively the bool keep-mask, broadcastable to ``[B, H, T, S]`` with
+      rank 4 (e.g. ``[1, 1, T, S]``: one mask shared by every example and head).
 
   Returns:
     ``(context [B, T, H, Dv], weights [B, H, T, S])``. Fully masked queries give zeros.
   """
-  batch, _, heads, _ = _check_layout(q, k, v, mask)
-  keys = _head_keys(dropout_key if dropout_rate > 0.0 else None, batch, heads)
+  batch, _, heads, _ = _check_layout(q, k, v, mask, bias=bias, dropout_mask=dropout_mask)
+  draw = dropout_rate > 0.0 and dropout_mask is None
+  keys = _head_keys(dropout_key if draw else None, batch, heads)
 
-  def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, key):
+  def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, bias_TxS, keep_TxS, params, key):
     fn = score_fn if params is None else functools.partial(score_fn, **params)
     return soft.soft_attention(
-        q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, normalizer=normalizer,
-        dropout_rate=dropout_rate, dropout_key=key,
+        q_TxD, k_SxD, v_SxD, mask_TxS, score_fn=fn, normalizer=normalizer, bias=bias_TxS,
+        dropout_rate=dropout_rate, dropout_key=key, dropout_mask=keep_TxS,
     )  # fmt: skip
 
-  return _vmap_heads_and_batch(per_head, q, k, v, mask, score_params, keys, (1, 0))
+  return _vmap_heads_and_batch(
+    per_head, q, k, v, mask, score_params, keys, (1, 0), pairs=(bias, dropout_mask)
+  )
 
 
 def multi_head_hard_attention(

@@ -48,12 +48,14 @@ def dot(q: chex.Array, k: chex.Array) -> chex.Array:
   return jnp.einsum("qd,kd->qk", q, k, preferred_element_type=_acc(q, k))
 
 
-def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
-  """Scaled dot-product score ``q kᵀ / sqrt(D)`` (Vaswani et al. 2017).
+def scaled_dot(q: chex.Array, k: chex.Array, *, scale: float | None = None) -> chex.Array:
+  """Scaled dot-product score ``scale · q kᵀ``, by default ``q kᵀ / sqrt(D)`` (Vaswani et al.).
 
   Args:
     q: queries ``[Tq, D]``.
     k: keys ``[Tk, D]``.
+    scale: the factor; ``None`` is ``1 / sqrt(D)`` (``functools.partial(scaled_dot,
+      scale=s)`` is the ``scale=`` of ``jax.nn.dot_product_attention``).
 
   Returns:
     ``scores [Tq, Tk]`` in float32.
@@ -63,7 +65,7 @@ def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
   """
   _check_qk(q, k)
   # Scale q (Tq*D multiplies) rather than the scores (Tq*Tk), as jax.nn does.
-  scale = 1.0 / (q.shape[-1] ** 0.5)
+  scale = 1.0 / (q.shape[-1] ** 0.5) if scale is None else scale
   q_scaled = q * jnp.asarray(scale, q.dtype)
   return jnp.einsum("qd,kd->qk", q_scaled, k, preferred_element_type=_acc(q, k))
 
