@@ -59,6 +59,10 @@ def test_cpu_picks_plain_for_short_keys_or_a_bias_and_chunked_beyond():
   long = dataclasses.replace(short, k_len=dispatch.PLAIN_MAX_KEYS + 1)
   assert dispatch.choose_implementation(short) is Implementation.SOFT
   assert dispatch.choose_implementation(long) is Implementation.CHUNKED
+  # Longer keys, but few scores in all (one example, one head): still the plain form.
+  small = dataclasses.replace(long, batch=1, heads=1, q_len=64, k_len=4096)
+  assert small.batch * small.heads * small.q_len * small.k_len <= dispatch.PLAIN_MAX_SCORES
+  assert dispatch.choose_implementation(small) is Implementation.SOFT
   assert dispatch.choose_implementation(dataclasses.replace(long, has_bias=True)) is (
     Implementation.SOFT
   )
@@ -125,13 +129,14 @@ def test_all_cpu_implementations_agree_with_multi_head_soft_attention(mask_name,
 
 
 def test_automatic_choice_is_reported_and_matches_choose_implementation():
-  q, k, v, _, _ = _inputs(k_len=dispatch.PLAIN_MAX_KEYS + 3)
+  q, k, v, _, _ = _inputs(q_len=520, k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=8)
+  assert 2 * 8 * 520 * (dispatch.PLAIN_MAX_KEYS + 3) > dispatch.PLAIN_MAX_SCORES
   out = dispatch.dot_product_attention(q, k, v, is_causal=True)
   choice = dispatch.dispatch_implementation(q, k, v, is_causal=True)
   problem = AttentionProblem(
-      backend=jax.default_backend(), dtype="float32", batch=2, q_len=7,
-      k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=3, head_dim=8, value_dim=8,
-      mask_kind=MaskKind.CAUSAL, kv_heads=3,
+      backend=jax.default_backend(), dtype="float32", batch=2, q_len=520,
+      k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=8, head_dim=8, value_dim=8,
+      mask_kind=MaskKind.CAUSAL, kv_heads=8,
   )  # fmt: skip
   assert choice is dispatch.choose_implementation(problem) is Implementation.CHUNKED
   # Shapes are enough: the choice is static and computes nothing.

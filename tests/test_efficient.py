@@ -169,6 +169,12 @@ def test_chunked_jit_matches_eager_and_multi_head_matches_loop():
   ctx, lse = jax.jit(
     functools.partial(efficient.multi_head_chunked_attention, causal=True, block_q=4, block_k=5)
   )(q, k, v, mask)
+  for heads_per_step in (4, 6):  # 6 pairs: a remainder step, and all at once
+    other_ctx, other_lse = efficient.multi_head_chunked_attention(
+        q, k, v, mask, causal=True, block_q=4, block_k=5, heads_per_step=heads_per_step
+    )  # fmt: skip
+    np.testing.assert_allclose(other_ctx, ctx, **TOL)
+    np.testing.assert_allclose(other_lse, lse, **TOL)
   per_head = functools.partial(efficient.chunked_soft_attention, causal=True, block_q=4, block_k=5)
   eager_ctx, eager_lse = per_head(q[0, :, 0], k[0, :, 0], v[0, :, 0], mask[0, 0, 0])
   np.testing.assert_allclose(ctx[0, :, 0], eager_ctx, **TOL)

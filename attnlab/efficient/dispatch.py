@@ -14,8 +14,8 @@ without running it:
     into a uniform average; attnlab's semantics (zeros) would be lost, so those go to
     attnlab. This is the one place in attnlab that picks code by backend.
   * Otherwise attnlab's own: the plain vmapped :func:`attnlab.multi_head_soft_attention`
-    for short keys or with a bias, :func:`multi_head_chunked_attention` (online softmax,
-    O(T) memory, flash-style VJP, causal/window tiles skipped) for longer ones.
+    for small problems or with a bias, :func:`multi_head_chunked_attention` (online
+    softmax, O(T) memory, flash-style VJP, causal/window tiles skipped) for larger ones.
 
 All implementations give the same result (to float32 rounding), including zero context for
 queries with no visible key: the jax.nn paths are corrected for that when a mask could
@@ -38,9 +38,12 @@ from attnlab.efficient import chunked
 
 _CUDNN_DTYPES = ("bfloat16", "float16")
 _GPU_BACKENDS = ("gpu", "cuda")
-# Keys up to this many go to the plain form on CPU: measured as fast as the chunked kernel
-# there (forward+backward, batch 4, 8 heads, dim 64; see results/bench_attention.md).
-PLAIN_MAX_KEYS = 512
+# The plain form is chosen for up to PLAIN_MAX_KEYS keys, or while the B·H·Tq·Tk scores
+# stay within PLAIN_MAX_SCORES elements (8 MiB of float32); the chunked kernel beyond.
+# Measured on 2 CPU cores, forward+backward, 8 heads, dim 64 (soft / chunked time): B=4
+# T=256 0.82, B=1 T=512 0.93 (both 2^21 scores), B=4 T=512 1.43, B=1 T=1024 1.70.
+PLAIN_MAX_KEYS = 256
+PLAIN_MAX_SCORES = 2**21
 
 
 class Implementation(enum.Enum):
@@ -104,9 +107,9 @@ def choose_implementation(problem: AttentionProblem) -> Implementation:
   Returns:
     CUDNN on a GPU for float16/bfloat16, head dims ``<= 128`` and multiples of 8, equal
     ``D`` and ``Dv``, no bias and no mask or causal only. Otherwise SOFT (the plain vmapped
-    form) with a bias or for ``Tk <= PLAIN_MAX_KEYS``, and CHUNKED beyond: on CPU it was
-    measured faster than the plain form from there on (see ``results/``), needs O(T)
-    memory and skips causal and local-window tiles.
+    form) with a bias, for ``Tk <= PLAIN_MAX_KEYS`` or up to ``PLAIN_MAX_SCORES`` score
+    elements ``B·H·Tq·Tk``, and CHUNKED beyond: on CPU it was measured faster than the
+    plain form from there on, needs O(T) memory and skips causal and local-window tiles.
   """
   if (
     problem.backend in _GPU_BACKENDS
@@ -118,7 +121,8 @@ def choose_implementation(problem: AttentionProblem) -> Implementation:
     and problem.mask_kind in (MaskKind.NONE, MaskKind.CAUSAL)
   ):
     return Implementation.CUDNN
-  if problem.has_bias or problem.k_len <= PLAIN_MAX_KEYS:
+  scores = problem.batch * problem.heads * problem.q_len * problem.k_len
+  if problem.has_bias or problem.k_len <= PLAIN_MAX_KEYS or scores <= PLAIN_MAX_SCORES:
     return Implementation.SOFT
   return Implementation.CHUNKED
 
