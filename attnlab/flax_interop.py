@@ -1,7 +1,7 @@
 """attnlab's attention behind Flax's ``attention_fn`` hook.
 
 ``flax.linen.MultiHeadDotProductAttention(attention_fn=attnlab.flax_attention_fn)`` (and
-``nnx.MultiHeadAttention``, which calls the same contract) then computes attention with
+``flax.nnx.MultiHeadAttention``, whose contract adds ``is_causal``) then computes attention with
 attnlab's per-head functions: one array back; float (``make_causal_mask``,
 ``make_attention_mask``) or bool masks; any number of batch dims, or none; Flax's dropout
 arguments (``dropout_rng``, ``dropout_rate``, ``broadcast_dropout``, ``deterministic``)
@@ -16,6 +16,7 @@ same key); the weights sown into ``"intermediates"`` when Flax passes ``module``
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import hard as hard_lib
+from attnlab import masks as masks_lib
 from attnlab import multihead, normalizers, scores, soft
 from attnlab.efficient import chunked as chunked_lib
 
@@ -42,6 +44,17 @@ def _matmul_precision(precision: Any):
     f"precision={precision!r} is not supported by attnlab.flax_attention_fn; pass None, a "
     "jax.lax.Precision or its name."
   )
+
+
+def _sow_collection(module: Any):
+  """Where Flax's own attention sows: linen's ``"intermediates"``, nnx's ``Intermediate``."""
+  import flax.linen
+
+  if isinstance(module, flax.linen.Module):
+    return "intermediates"
+  from flax import nnx
+
+  return nnx.Intermediate
 
 
 def _collapse_batch(name: str, x, batch: tuple[int, ...]):
@@ -84,6 +97,7 @@ def flax_attention_fn(
   precision: Any = None,
   module: Any = None,
   force_fp32_for_softmax: bool = False,
+  is_causal: bool = False,
   *,
   score_fn: soft.ScoreFn = scores.scaled_dot,
   normalizer: soft.Normalizer = normalizers.softmax,
@@ -115,10 +129,13 @@ def flax_attention_fn(
     precision: ``jax.lax.Precision`` of the matmuls (applied as
       ``jax.default_matmul_precision``).
     module: the calling module; when given (``sow_weights=True``) the weights
-      ``[batch..., N, T, S]`` are sown as ``"intermediates"/"attention_weights"`` (float32
-      with ``force_fp32_for_softmax``, else ``dtype``), and for hard attention also
+      ``[batch..., N, T, S]`` are sown as ``"attention_weights"`` (linen: in
+      ``"intermediates"``; nnx: an ``nnx.Intermediate``), float32 with
+      ``force_fp32_for_softmax``, else ``dtype``; for hard attention also
       ``"attention_index"`` and ``"attention_log_prob"`` ``[batch..., N, T]``.
     force_fp32_for_softmax: see ``module`` (the softmax itself is always float32 here).
+    is_causal: also mask keys after the query's position (top-left aligned), as
+      ``flax.nnx``'s ``dot_product_attention`` does.
     score_fn: attnlab option, the per-head score function ``(q [T, D], k [S, D]) ->
       [T, S]`` (e.g. ``attnlab.scaled_dot``, ``functools.partial(attnlab.general, w=w)``).
     normalizer: attnlab option, ``attnlab.softmax`` | ``attnlab.sparsemax`` |
@@ -159,6 +176,9 @@ def flax_attention_fn(
     mask = jnp.asarray(mask)
     mask = mask if mask.dtype == jnp.bool_ else mask != 0
   mask = _collapse_batch("mask", mask, batch)
+  if is_causal:
+    causal_1x1xTxS = masks_lib.causal_mask(query.shape[-3], key.shape[-3])[None, None]
+    mask = masks_lib.combine_masks(mask, causal_1x1xTxS)
   bias = _collapse_batch("bias", bias, batch)
   keep = None
   if not deterministic and dropout_rate > 0.0:
@@ -205,8 +225,9 @@ def flax_attention_fn(
   if module is not None:
     unflat = lambda x: x.reshape(batch + x.shape[1:])
     sown = jnp.float32 if force_fp32_for_softmax else dtype
-    module.sow("intermediates", "attention_weights", unflat(weights).astype(sown))
+    sow = functools.partial(module.sow, _sow_collection(module))
+    sow("attention_weights", unflat(weights).astype(sown))
     if hard_out is not None:
-      module.sow("intermediates", "attention_index", unflat(hard_out.index))
-      module.sow("intermediates", "attention_log_prob", unflat(hard_out.log_prob))
+      sow("attention_index", unflat(hard_out.index))
+      sow("attention_log_prob", unflat(hard_out.log_prob))
   return context.reshape(batch + context.shape[1:]).astype(dtype)

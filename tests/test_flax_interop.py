@@ -280,3 +280,19 @@ def test_bad_inputs_are_explained():
     attnlab.flax_attention_fn(q.astype(jnp.complex64), k, v)
   with pytest.raises(ValueError, match="chunked=True computes scaled-dot softmax"):
     attnlab.flax_attention_fn(q, k, v, bias=jnp.zeros((3, 3)), chunked=True)
+
+
+def test_nnx_multi_head_attention_with_is_causal_and_sown_weights():
+  from flax import nnx
+
+  x = _random((2, 5, 8))
+  make = lambda fn: nnx.MultiHeadAttention(
+    num_heads=2, in_features=8, decode=False, attention_fn=fn, rngs=nnx.Rngs(0)
+  )
+  ours, ref = make(attnlab.flax_attention_fn), make(nnx.dot_product_attention)
+  y = ours(x, is_causal=True, sow_weights=True)
+  np.testing.assert_allclose(y, ref(x, is_causal=True, sow_weights=True), **TOL)
+  weights = nnx.pop(ours, nnx.Intermediate)["attention_weights"].get_value()[0]
+  ref_weights = nnx.pop(ref, nnx.Intermediate)["attention_weights"].get_value()[0]
+  assert weights.shape == (2, 2, 5, 5)
+  np.testing.assert_allclose(weights, ref_weights, **TOL)
