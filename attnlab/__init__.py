@@ -4,7 +4,9 @@ Layers, from the bottom up:
   * :mod:`attnlab.scores`, :mod:`attnlab.normalizers`, :mod:`attnlab.sparse_normalizers`,
     :mod:`attnlab.masks`: per-head building blocks.
   * :func:`soft_attention`, :func:`hard_attention` (one head, one example) and their
-    batched multi-head forms; :mod:`attnlab.efficient` (chunked, linear, local, dispatch).
+    batched multi-head forms; :mod:`attnlab.efficient` (chunked, linear, local, dispatch and
+    the jax.nn-compatible :func:`dot_product_attention`); :func:`flax_attention_fn` for
+    Flax's ``attention_fn`` hook.
   * :mod:`attnlab.estimators`: score-function estimators, baselines, enumeration.
   * :mod:`attnlab.modules` (Flax Linen), :mod:`attnlab.tasks`, :mod:`attnlab.metrics`.
   * :mod:`attnlab.training` (config, objectives, step, loop, checkpoints, run directory) and
@@ -18,6 +20,7 @@ from attnlab.efficient import (
   linear_attention,
   local_attention,
 )
+from attnlab.flax_interop import flax_attention_fn
 from attnlab.hard import HardAttentionOutput, HardMode, hard_attention
 from attnlab.masks import causal_mask, combine_masks, local_mask, padding_mask
 from attnlab.multihead import multi_head_hard_attention, multi_head_soft_attention
@@ -38,6 +41,7 @@ __all__ = [
   "efficient",
   "entmax15",
   "estimators",
+  "flax_attention_fn",
   "general",
   "hard_attention",
   "linear_attention",

@@ -48,21 +48,24 @@ def dot(q: chex.Array, k: chex.Array) -> chex.Array:
   return jnp.einsum("qd,kd->qk", q, k, preferred_element_type=_acc(q, k))
 
 
-def scaled_dot(q: chex.Array, k: chex.Array) -> chex.Array:
-  """Scaled dot-product score ``q kᵀ / sqrt(D)`` (Vaswani et al. 2017).
+def scaled_dot(q: chex.Array, k: chex.Array, *, scale: float | None = None) -> chex.Array:
+  """Scaled dot-product score ``scale · q kᵀ``, by default ``q kᵀ / sqrt(D)`` (Vaswani et al.).
 
   Args:
-    q, k: as in :func:`dot` (queries ``[Tq, D]``, keys ``[Tk, D]``).
+    q: queries ``[Tq, D]``.
+    k: keys ``[Tk, D]``.
+    scale: the factor; ``None`` is ``1 / sqrt(D)`` (``functools.partial(scaled_dot,
+      scale=s)`` is the ``scale=`` of ``jax.nn.dot_product_attention``).
 
   Returns:
-    ``scores [Tq, Tk]``: :func:`dot`'s divided by ``sqrt(D)``, in float32.
+    ``scores [Tq, Tk]``: :func:`dot`'s times ``scale``, in float32.
 
   References:
     Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
   """
   _check_qk(q, k)
   # Scale q (Tq*D multiplies) rather than the scores (Tq*Tk), as jax.nn does.
-  scale = 1.0 / (q.shape[-1] ** 0.5)
+  scale = 1.0 / (q.shape[-1] ** 0.5) if scale is None else scale
   q_scaled = q * jnp.asarray(scale, q.dtype)
   return jnp.einsum("qd,kd->qk", q_scaled, k, preferred_element_type=_acc(q, k))
 

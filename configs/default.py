@@ -75,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.transformer.additive_dim = 32  # Hidden size of the additive score.
   config.model.transformer.gumbel_temperature = 1.0  # Gumbel-softmax temperature.
   config.model.transformer.straight_through = True  # Straight-through Gumbel-softmax.
+  # Dropout on self-attention weights, embeddings and sub-layer outputs, during training only
+  # (evaluation and greedy decoding are deterministic).
+  config.model.transformer.dropout_rate = 0.0  # In [0, 1); 0 = off.
 
   # Hard attention's gradient. Settings other than `gradient` apply to REINFORCE only and
   # must keep their neutral values (none, 1, per_step, 0) for every other method.

@@ -11,18 +11,27 @@ One process, compile and warm-up excluded, median of ``--reps`` timed calls (eac
   memory      issue 6: peak RSS (VmHWM) of forward+backward in a fresh subprocess per case
               (chunked at T = 16384; plain forms capped by --max_score_gib and
               extrapolated as O(T²) when skipped).
+  targets     issue 12, float32, 8 heads, dim 64, forward+backward, --rounds interleaved
+              rounds, min over every timed call: jax.nn / multi_head_soft_attention at
+              T = 128 and 512 (batch 4); jax.nn / dot_product_attention at T = 2048
+              (batch 1) and its GFLOP/s as a share of a 2048² float32 matmul timed in the
+              same rounds. Prints each ratio next to its target.
+  dispatch    the device check's: attnlab.dot_product_attention (whatever it dispatches to,
+              shown) against jax.nn implementation="xla" and, on a GPU, "cudnn"; causal and
+              not; --dtypes (bfloat16 on a GPU by default).
 
 Usage (the full run the lead does on a quiet machine):
 
   python -m experiments.bench_attention --suite=all --reps=5 --out=results/bench_attention
+  python -m experiments.bench_attention --suite=targets --rounds=7 --out=results/bench_targets
 
 Quick check:
 
   python -m experiments.bench_attention --suite=primitives --lengths=128 --reps=2 \
       --out=/tmp/bench
 
-FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 3x forward
-(the flash backward recomputes QKᵀ, so its real work is 3.5x; not counted).
+FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 3.5x forward
+(FlashAttention-2's count: the backward's four matmuls plus the recomputed QKᵀ).
 """
 
 from __future__ import annotations
@@ -45,7 +54,10 @@ import attnlab
 from attnlab import efficient
 
 _SUITE = flags.DEFINE_enum(
-  "suite", "all", ["all", "primitives", "efficient", "memory"], "What to run."
+  "suite",
+  "all",
+  ["all", "primitives", "efficient", "memory", "targets", "dispatch"],
+  "What to run ('all': primitives, efficient, memory, targets).",
 )
 _LENGTHS = flags.DEFINE_list(
   "lengths", None, "Sequence lengths (default: the suite's: 128,512,2048 / 512,2048,8192)."
@@ -55,6 +67,9 @@ _HEADS = flags.DEFINE_integer("heads", 8, "Heads.")
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Head dimension.")
 _DTYPES = flags.DEFINE_list("dtypes", None, "dtypes (default float32, plus bfloat16 on GPU).")
 _REPS = flags.DEFINE_integer("reps", 5, "Timed repetitions (median reported).")
+_ROUNDS = flags.DEFINE_integer(
+  "rounds", 7, "targets suite: interleaved rounds (each times every case --reps times)."
+)
 _MAX_SCORE_GIB = flags.DEFINE_float(
     "max_score_gib", 1.0,
     "Skip methods that materialise the B·H·T² float32 scores above this size (their "
@@ -71,7 +86,9 @@ _MEMORY_CHILD = flags.DEFINE_string(
   "memory_child", None, "Internal: 'method:T:batch', run one case and print peak RSS JSON."
 )
 
-_EXACT = ("attnlab_soft", "attnlab_chunked", "jax_nn", "flax_linen")
+_EXACT = ("attnlab_soft", "attnlab_chunked", "attnlab_dpa", "jax_nn", "flax_linen")
+# Forward+backward FLOPs as a multiple of the forward's 4·B·H·Tq·Tk·D.
+FWD_BWD_FLOP_FACTOR = 3.5
 _ATTNLAB_EXACT = ("attnlab_soft", "attnlab_chunked")
 
 
@@ -81,6 +98,7 @@ def _methods():
     "attnlab_soft": lambda q, k, v: attnlab.multi_head_soft_attention(q, k, v)[0],
     "attnlab_chunked": lambda q, k, v: efficient.multi_head_chunked_attention(q, k, v)[0],
     "attnlab_linear": lambda q, k, v: efficient.multi_head_linear_attention(q, k, v)[0],
+    "attnlab_dpa": attnlab.dot_product_attention,
     "jax_nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
     "flax_linen": lambda q, k, v: flax.linen.dot_product_attention(q, k, v),
   }
@@ -152,7 +170,7 @@ def _time_suite(names, lengths, batch, dtypes, reps, with_matmul):
           row["fwd_bwd_ms"] = 1e3 * _median_seconds(fwd_bwd, q, k, v, cotangent, reps=reps)
           if name in _EXACT:
             row["fwd_gflops"] = flops / row["fwd_ms"] * 1e3 / 1e9
-            row["fwd_bwd_gflops"] = 3 * flops / row["fwd_bwd_ms"] * 1e3 / 1e9
+            row["fwd_bwd_gflops"] = FWD_BWD_FLOP_FACTOR * flops / row["fwd_bwd_ms"] * 1e3 / 1e9
         if matmul is not None:
           row["matmul_gflops"] = matmul
         rows.append(row)
@@ -201,6 +219,136 @@ def _linear_scaling(rows):
                       fwd_ratio=long["fwd_ms"] / r["fwd_ms"],
                       fwd_bwd_ratio=long["fwd_bwd_ms"] / r["fwd_bwd_ms"]))  # fmt: skip
   return out
+
+
+# ---- targets (issue 12): interleaved rounds, min over every timed call -------------------
+
+# (label, attnlab function, batch, T, target ratio jax.nn / attnlab)
+TARGETS = (
+  ("multi_head_soft_attention", "attnlab_soft", 4, 128, 1.2),
+  ("multi_head_soft_attention", "attnlab_soft", 4, 512, 1.2),
+  ("dot_product_attention", "attnlab_dpa", 1, 2048, 1.5),
+)
+PEAK_SHARE_TARGET = 0.60  # dot_product_attention at T = 2048: share of the matmul peak
+
+
+def _min_seconds(fn, *args, reps):
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _targets_suite(rounds: int, reps: int, heads: int, head_dim: int):
+  """Every case and the matmul peak, timed round-robin so load drift hits them alike."""
+  methods = _methods()
+  timed = {}  # name -> (fn, args)
+  key_a, key_b = jax.random.split(jax.random.key(1))
+  size = 2048
+  a, b = (jax.random.normal(kk, (size, size), jnp.float32) for kk in (key_a, key_b))
+  timed["matmul"] = (jax.jit(jnp.matmul), (a, b))
+  for _, attnlab_name, batch, length, _ in TARGETS:
+    q, k, v, cotangent = _inputs(batch, length, heads, head_dim, jnp.float32)
+    for name in (attnlab_name, "jax_nn"):
+      timed[(name, length)] = (_fwd_and_fwd_bwd(methods[name])[1], (q, k, v, cotangent))
+  for fn, args in timed.values():  # compile and warm up, untimed
+    jax.block_until_ready(fn(*args))
+  best = {name: float("inf") for name in timed}
+  load_start = os.getloadavg()
+  for _ in range(rounds):
+    for name, (fn, args) in timed.items():
+      best[name] = min(best[name], _min_seconds(fn, *args, reps=reps))
+  load_end = os.getloadavg()
+  peak = 2.0 * size**3 / best["matmul"] / 1e9
+  rows = []
+  for label, attnlab_name, batch, length, target in TARGETS:
+    ours, ref = best[(attnlab_name, length)], best[("jax_nn", length)]
+    flops = FWD_BWD_FLOP_FACTOR * _attention_flops(batch, length, heads, head_dim)
+    rows.append(dict(
+        function=label, batch=batch, length=length, heads=heads, head_dim=head_dim,
+        attnlab_ms=1e3 * ours, jax_nn_ms=1e3 * ref, ratio=ref / ours, ratio_target=target,
+        attnlab_gflops=flops / ours / 1e9, peak_share=flops / ours / 1e9 / peak,
+        peak_share_target=PEAK_SHARE_TARGET if length == 2048 else None,
+    ))  # fmt: skip
+  return dict(rows=rows, matmul_gflops=peak, rounds=rounds, reps=reps,
+              load_average_start=load_start, load_average_end=load_end)  # fmt: skip
+
+
+def _verdict(value, target):
+  return "met" if value >= target else "MISSED"
+
+
+def _targets_text(report) -> str:
+  lines = ["### Targets (issue 12): forward+backward, float32, "
+           f"{report['rows'][0]['heads']} heads, dim {report['rows'][0]['head_dim']}", "",
+           f"Min over {report['rounds']} interleaved rounds x {report['reps']} calls; "
+           f"matmul peak (2048² float32 jnp.matmul, same rounds): "
+           f"{report['matmul_gflops']:.0f} GFLOP/s; load average (1/5/15 min) "
+           f"{'/'.join(f'{x:.2f}' for x in report['load_average_start'])} at start, "
+           f"{'/'.join(f'{x:.2f}' for x in report['load_average_end'])} at end.", ""]  # fmt: skip
+  for r in report["rows"]:
+    line = (
+      f"- T={r['length']} batch {r['batch']}: jax.nn / attnlab.{r['function']} = "
+      f"{r['ratio']:.2f}x (target >= {r['ratio_target']}x: "
+      f"{_verdict(r['ratio'], r['ratio_target'])}; "
+      f"{r['attnlab_ms']:.1f} ms vs {r['jax_nn_ms']:.1f} ms)"
+    )
+    if r["peak_share_target"] is not None:
+      line += (
+        f"; {r['attnlab_gflops']:.0f} GFLOP/s = {100 * r['peak_share']:.0f}% of the matmul "
+        f"peak (target >= {100 * r['peak_share_target']:.0f}%: "
+        f"{_verdict(r['peak_share'], r['peak_share_target'])})"
+      )
+    lines.append(line)
+  return "\n".join(lines) + "\n"
+
+
+# ---- dispatch (device check): attnlab.dot_product_attention vs jax.nn's implementations ---
+
+
+def _dispatch_suite(lengths, batch, dtypes, reps, heads, head_dim):
+  backend = jax.default_backend()
+  impls = ["xla"] + (["cudnn"] if backend in ("gpu", "cuda") else [])
+  rows = []
+  for dtype_name in dtypes:
+    dtype = jnp.dtype(dtype_name)
+    for length in lengths:
+      q, k, v, cotangent = _inputs(batch, length, heads, head_dim, dtype)
+      for causal in (False, True):
+        choice = efficient.dispatch_implementation(q, k, v, is_causal=causal).value
+        fns = {f"attnlab ({choice})": lambda q, k, v, c=causal: attnlab.dot_product_attention(
+          q, k, v, is_causal=c)}  # fmt: skip
+        for impl in impls:
+          fns[f"jax.nn {impl}"] = lambda q, k, v, c=causal, i=impl: jax.nn.dot_product_attention(
+            q, k, v, is_causal=c, implementation=i)  # fmt: skip
+        flops = _attention_flops(batch, length, heads, head_dim) / (2 if causal else 1)
+        for name, fn in fns.items():
+          row = dict(method=name, dtype=dtype_name, length=length, batch=batch, causal=causal)
+          try:
+            forward, fwd_bwd = _fwd_and_fwd_bwd(fn)
+            row["fwd_ms"] = 1e3 * _median_seconds(forward, q, k, v, reps=reps)
+            row["fwd_bwd_ms"] = 1e3 * _median_seconds(fwd_bwd, q, k, v, cotangent, reps=reps)
+            row["fwd_bwd_tflops"] = FWD_BWD_FLOP_FACTOR * flops / row["fwd_bwd_ms"] / 1e9
+          except Exception as e:  # e.g. a cuDNN build without this configuration
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+          rows.append(row)
+          print(f"  {row}", flush=True)
+  return rows
+
+
+def _dispatch_table(rows) -> str:
+  lines = ["### attnlab.dot_product_attention vs jax.nn (dispatch)", "",
+           "| dtype | T | batch | causal | method | fwd ms | fwd+bwd ms | fwd+bwd TFLOP/s |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+  for r in rows:
+    lines.append(
+      f"| {r['dtype']} | {r['length']} | {r['batch']} | {r['causal']} | {r['method']} | "
+      f"{_fmt(r.get('fwd_ms'), 2)} | {_fmt(r.get('fwd_bwd_ms'), 2)} | "
+      f"{_fmt(r.get('fwd_bwd_tflops'), 2)} |" + (f" {r['error']}" if "error" in r else "")
+    )
+  return "\n".join(lines) + "\n"
 
 
 # ---- memory: one case per fresh subprocess, peak RSS ------------------------------------
@@ -321,6 +469,22 @@ def main(argv):
     print("memory suite", flush=True)
     report["memory"] = _memory_suite()
     markdown.append(_memory_table(report["memory"]))
+  if suite in ("all", "targets"):
+    print("targets suite", flush=True)
+    report["targets"] = _targets_suite(_ROUNDS.value, _REPS.value, _HEADS.value, _HEAD_DIM.value)
+    markdown.append(_targets_text(report["targets"]))
+  if suite == "dispatch":
+    print("dispatch suite", flush=True)
+    dispatch_dtypes = _DTYPES.value or (["bfloat16"] if backend == "gpu" else ["float32"])
+    report["dispatch"] = _dispatch_suite(
+      lengths or [1024, 4096],
+      _BATCH.value or 4,
+      dispatch_dtypes,
+      _REPS.value,
+      _HEADS.value,
+      _HEAD_DIM.value,
+    )
+    markdown.append(_dispatch_table(report["dispatch"]))
   text = "\n".join(markdown)
   print(text)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)

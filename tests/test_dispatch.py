@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attnlab
-from attnlab.efficient import chunked, dispatch
+from attnlab.efficient import dispatch
 from attnlab.efficient.dispatch import AttentionProblem, Implementation, MaskKind
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -54,11 +54,20 @@ def test_gpu_falls_back_to_attnlab_outside_cudnn_support(change):
   assert dispatch.choose_implementation(problem) is not Implementation.CUDNN
 
 
-def test_cpu_picks_plain_for_one_key_tile_and_chunked_beyond():
-  short = dataclasses.replace(_GPU_BF16, backend="cpu", k_len=chunked.DEFAULT_BLOCK_K)
-  long = dataclasses.replace(short, k_len=chunked.DEFAULT_BLOCK_K + 1)
+def test_cpu_picks_plain_for_short_keys_or_a_bias_and_chunked_beyond():
+  short = dataclasses.replace(_GPU_BF16, backend="cpu", k_len=dispatch.PLAIN_MAX_KEYS)
+  long = dataclasses.replace(short, k_len=dispatch.PLAIN_MAX_KEYS + 1)
   assert dispatch.choose_implementation(short) is Implementation.SOFT
   assert dispatch.choose_implementation(long) is Implementation.CHUNKED
+  # Longer keys, but few scores in all (one example, one head): still the plain form.
+  small = dataclasses.replace(long, batch=1, heads=1, q_len=64, k_len=4096)
+  assert small.batch * small.heads * small.q_len * small.k_len <= dispatch.PLAIN_MAX_SCORES
+  assert dispatch.choose_implementation(small) is Implementation.SOFT
+  assert dispatch.choose_implementation(dataclasses.replace(long, has_bias=True)) is (
+    Implementation.SOFT
+  )
+  gpu_bias = dataclasses.replace(_GPU_BF16, has_bias=True)  # cuDNN gets no bias from attnlab
+  assert dispatch.choose_implementation(gpu_bias) is not Implementation.CUDNN
 
 
 def test_mask_kind_classification():
@@ -100,17 +109,17 @@ def test_all_cpu_implementations_agree_with_multi_head_soft_attention(mask_name,
     lambda q, k, v: attnlab.multi_head_soft_attention(q, k, v, full)[0]
   )
   for impl in ("soft", "chunked", "xla"):
-    choices = []
 
-    def via_dispatch(q, k, v, impl=impl, choices=choices):
-      out, choice = dispatch.dot_product_attention(
-        q, k, v, mask, causal=causal, implementation=impl
+    def via_dispatch(q, k, v, impl=impl):
+      return dispatch.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, implementation=impl
       )
-      choices.append(choice)
-      return out
 
     grads, out = value_and_grads(via_dispatch)
-    assert choices == [Implementation(impl)]
+    choice = dispatch.dispatch_implementation(
+      q, k, v, mask=mask, is_causal=causal, implementation=impl
+    )
+    assert choice is Implementation(impl)
     np.testing.assert_allclose(out, ref_out, **TOL, err_msg=impl)
     for g, r in zip(grads, ref_grads, strict=True):
       np.testing.assert_allclose(g, r, **TOL, err_msg=impl)
@@ -119,21 +128,30 @@ def test_all_cpu_implementations_agree_with_multi_head_soft_attention(mask_name,
     np.testing.assert_array_equal(out[1], 0.0)
 
 
-def test_automatic_choice_is_returned_and_matches_choose_implementation():
-  q, k, v, _, _ = _inputs(k_len=chunked.DEFAULT_BLOCK_K + 3)
-  out, choice = dispatch.dot_product_attention(q, k, v, causal=True)
+def test_automatic_choice_is_reported_and_matches_choose_implementation():
+  q, k, v, _, _ = _inputs(q_len=520, k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=8)
+  assert 2 * 8 * 520 * (dispatch.PLAIN_MAX_KEYS + 3) > dispatch.PLAIN_MAX_SCORES
+  out = dispatch.dot_product_attention(q, k, v, is_causal=True)
+  choice = dispatch.dispatch_implementation(q, k, v, is_causal=True)
   problem = AttentionProblem(
-      backend=jax.default_backend(), dtype="float32", batch=2, q_len=7,
-      k_len=chunked.DEFAULT_BLOCK_K + 3, heads=3, head_dim=8, value_dim=8,
-      mask_kind=MaskKind.CAUSAL,
+      backend=jax.default_backend(), dtype="float32", batch=2, q_len=520,
+      k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=8, head_dim=8, value_dim=8,
+      mask_kind=MaskKind.CAUSAL, kv_heads=8,
   )  # fmt: skip
-  assert choice is dispatch.choose_implementation(problem)
-  forced, forced_choice = dispatch.dot_product_attention(
-    q, k, v, causal=True, implementation="soft"
-  )
-  assert forced_choice is Implementation.SOFT
+  assert choice is dispatch.choose_implementation(problem) is Implementation.CHUNKED
+  # Shapes are enough: the choice is static and computes nothing.
+  structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
+  assert dispatch.dispatch_implementation(*structs, is_causal=True) is choice
+  gpu = dispatch.dispatch_implementation(
+    *(jax.ShapeDtypeStruct(x.shape, jnp.bfloat16) for x in (q, k, v)), is_causal=True,
+    backend="gpu",
+  )  # fmt: skip
+  assert gpu is Implementation.CUDNN
+  forced = dispatch.dot_product_attention(q, k, v, is_causal=True, implementation="soft")
   np.testing.assert_allclose(out, forced, **TOL)
-  jitted_out = jax.jit(lambda *a: dispatch.dot_product_attention(*a, causal=True)[0])(q, k, v)
+  jitted_out = jax.jit(dispatch.dot_product_attention, static_argnames="is_causal")(
+    q, k, v, is_causal=True
+  )
   np.testing.assert_allclose(jitted_out, out, **TOL)
 
 
@@ -144,8 +162,10 @@ def test_bad_overrides_are_explained():
   ):
     dispatch.dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="needs a GPU backend"):
-    dispatch.dot_product_attention(q, k, v, implementation="cudnn", backend="cpu")
+    dispatch.dispatch_implementation(q, k, v, implementation="cudnn", backend="cpu")
   with pytest.raises(ValueError, match="mask kind 'dense'"):
-    dispatch.dot_product_attention(q, k, v, dense, implementation="cudnn", backend="gpu")
+    dispatch.dispatch_implementation(q, k, v, mask=dense, implementation="cudnn", backend="gpu")
   with pytest.raises(TypeError, match="boolean"):
-    dispatch.dot_product_attention(q, k, v, dense.astype(jnp.float32))
+    dispatch.dot_product_attention(q, k, v, mask=dense.astype(jnp.float32))
+  with pytest.raises(ValueError, match="does not take a bias"):
+    dispatch.dot_product_attention(q, k, v, dense.astype(jnp.float32), implementation="chunked")

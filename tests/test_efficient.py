@@ -61,22 +61,26 @@ _RNG = np.random.default_rng(0)
 _PAIR = _RNG.random((13, 17)) < 0.6
 _PAIR[2] = False  # a query that sees nothing
 _KEYPAD = _RNG.random(17) < 0.7
-_CASES = {
-  "none": (None, False, 0),
-  "pair": (_PAIR, False, 0),
-  "key_padding": (_KEYPAD, False, 0),
-  "causal": (None, True, 0),
-  "causal_bottom_right_and_pair": (_PAIR, True, 4),
-  "causal_negative_offset": (_KEYPAD, True, -3),
+_CASES = {  # name: (mask, causal, offset, local window)
+  "none": (None, False, 0, None),
+  "pair": (_PAIR, False, 0, None),
+  "key_padding": (_KEYPAD, False, 0, None),
+  "causal": (None, True, 0, None),
+  "causal_bottom_right_and_pair": (_PAIR, True, 4, None),
+  "causal_negative_offset": (_KEYPAD, True, -3, None),
+  "window": (None, False, 0, (3, 2)),  # tiles outside the band are skipped
+  "window_causal_offset_padding": (_KEYPAD, True, 2, (5, 0)),
 }
 
 
 def _case_mask(name, q_len, k_len):
-  mask, causal, offset = _CASES[name]
+  mask, causal, offset, window = _CASES[name]
   full = jnp.ones((q_len, k_len), bool) if mask is None else jnp.broadcast_to(mask, (q_len, k_len))
   if causal:
     full = full & attnlab.causal_mask(q_len, k_len, offset=offset)
-  return mask, causal, offset, full
+  if window is not None:
+    full = full & attnlab.local_mask(q_len, k_len, left=window[0], right=window[1], offset=offset)
+  return mask, causal, offset, window, full
 
 
 @pytest.mark.parametrize(
@@ -85,7 +89,7 @@ def _case_mask(name, q_len, k_len):
 )  # (4, 5): ragged multi-tile; (13, 17): one tile
 def test_chunked_equals_soft_attention_outputs_and_gradients(case, blocks):
   q, k, v = _qkv(13, 17)
-  mask, causal, offset, full = _case_mask(case, 13, 17)
+  mask, causal, offset, window, full = _case_mask(case, 13, 17)
   mask = None if mask is None else jnp.asarray(mask)
   w_ctx = jax.random.normal(jax.random.key(5), (13, 5))
   w_lse = jax.random.normal(jax.random.key(6), (13,))
@@ -95,8 +99,8 @@ def test_chunked_equals_soft_attention_outputs_and_gradients(case, blocks):
   def chunked(q, k, v):
     def loss(q, k, v):
       ctx, lse = efficient.chunked_soft_attention(
-          q, k, v, mask, causal=causal, causal_offset=offset, block_q=blocks[0],
-          block_k=blocks[1],
+          q, k, v, mask, causal=causal, causal_offset=offset, local_window_size=window,
+          block_q=blocks[0], block_k=blocks[1],
       )  # fmt: skip
       return jnp.sum(ctx * w_ctx) + jnp.sum(jnp.where(nonempty, lse, 0.0) * w_lse), (ctx, lse)
 
@@ -165,6 +169,12 @@ def test_chunked_jit_matches_eager_and_multi_head_matches_loop():
   ctx, lse = jax.jit(
     functools.partial(efficient.multi_head_chunked_attention, causal=True, block_q=4, block_k=5)
   )(q, k, v, mask)
+  for heads_per_step in (4, 6):  # 6 pairs: a remainder step, and all at once
+    other_ctx, other_lse = efficient.multi_head_chunked_attention(
+        q, k, v, mask, causal=True, block_q=4, block_k=5, heads_per_step=heads_per_step
+    )  # fmt: skip
+    np.testing.assert_allclose(other_ctx, ctx, **TOL)
+    np.testing.assert_allclose(other_lse, lse, **TOL)
   per_head = functools.partial(efficient.chunked_soft_attention, causal=True, block_q=4, block_k=5)
   eager_ctx, eager_lse = per_head(q[0, :, 0], k[0, :, 0], v[0, :, 0], mask[0, 0, 0])
   np.testing.assert_allclose(ctx[0, :, 0], eager_ctx, **TOL)

@@ -133,3 +133,81 @@ def test_config_errors():
     TransformerConfig(vocab_size=5, model_dim=10, num_heads=4)
   with pytest.raises(ValueError, match="valid choices"):
     TransformerConfig(vocab_size=5, score="cosine")
+
+
+@jax.jit
+def _greedy_both_ways(variables):
+  """Greedy decoding of every kind in soft and argmax modes, cached and by full recompute."""
+  out = {}
+  for kind in KINDS:
+    model = build_model(dataclasses.replace(SMALL, attention=kind, dropout_rate=0.2))
+    for mode in (EvalMode.SOFT, EvalMode.ARGMAX):
+      for cache in (True, False):
+        out[f"{kind} {mode.value} {cache}"], _ = model.apply(
+            variables, INPUTS, LENGTHS, max_len=7, mode=mode, cache=cache, method="greedy",
+            mutable=["cache"],
+        )  # fmt: skip
+  return out
+
+
+def test_cached_greedy_decoding_equals_full_recompute():
+  out = _greedy_both_ways(_variables())
+  for kind in KINDS:
+    for mode in (EvalMode.SOFT, EvalMode.ARGMAX):
+      (tokens, weights), (ref_tokens, ref_weights) = (
+        out[f"{kind} {mode.value} True"],
+        out[f"{kind} {mode.value} False"],
+      )
+      assert tokens.shape == (3, 7) and weights.shape == (3, 7, INPUTS.shape[1])
+      np.testing.assert_array_equal(tokens, ref_tokens, err_msg=f"{kind} {mode}")
+      np.testing.assert_allclose(weights, ref_weights, atol=1e-5, err_msg=f"{kind} {mode}")
+  # greedy_decode uses the cache; a dropout model decodes deterministically.
+  model = build_model(dataclasses.replace(SMALL, dropout_rate=0.2))
+  tokens, _ = greedy_decode(model, _variables(), INPUTS, LENGTHS, max_len=7, mode="argmax")
+  np.testing.assert_array_equal(tokens, out["soft argmax False"][0])
+
+
+def test_dropout_only_with_a_dropout_stream():
+  model = build_model(dataclasses.replace(SMALL, dropout_rate=0.3))
+
+  @jax.jit
+  def run(variables):
+    apply = functools.partial(model.apply, variables, INPUTS, LENGTHS, DEC_INPUTS)
+    return dict(
+      evaluation=apply(rngs={"attention": KEY}),
+      forced_off=apply(rngs={"attention": KEY, "dropout": KEY}, deterministic=True),
+      a=apply(rngs={"attention": KEY, "dropout": jax.random.key(1)}),
+      a_again=apply(rngs={"attention": KEY, "dropout": jax.random.key(1)}),
+      b=apply(rngs={"attention": KEY, "dropout": jax.random.key(2)}),
+    )
+
+  out = {name: o.logits for name, o in run(_variables()).items()}
+  no_dropout = _outputs()["soft"].logits  # same parameters, dropout_rate 0
+  np.testing.assert_allclose(out["evaluation"], no_dropout, atol=1e-6)
+  np.testing.assert_allclose(out["forced_off"], no_dropout, atol=1e-6)
+  np.testing.assert_array_equal(out["a"], out["a_again"])
+  assert not np.allclose(out["a"], no_dropout) and not np.allclose(out["a"], out["b"])
+  assert bool(jnp.isfinite(out["a"]).all())
+  with pytest.raises(ValueError, match="dropout_rate must be in"):
+    build_model(dataclasses.replace(SMALL, dropout_rate=1.0)).init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+
+
+def test_training_loss_draws_dropout_and_evaluation_does_not():
+  from attnlab import tasks
+  from attnlab.training import objectives
+
+  task = tasks.get_task("copy")
+  batch = jax.tree.map(jnp.asarray, task.sample(np.random.default_rng([0, 0]), 4, "train"))
+  cfg = objectives.ObjectiveConfig(objective="soft")
+  state = objectives.init_objective_state(cfg, batch.targets.shape[1])
+
+  def losses(rate):
+    config = dataclasses.replace(SMALL, vocab_size=task.vocab_size, dropout_rate=rate)
+    model = build_model(config)
+    params = model.init(KEY, batch.inputs, batch.input_lengths, tasks.decoder_inputs(batch.targets))
+    loss = jax.jit(lambda key: objectives.loss_fn(params, model, batch, key, cfg, state)[0])
+    return [float(loss(jax.random.key(seed))) for seed in (1, 2)]
+
+  with_dropout, without = losses(0.5), losses(0.0)
+  assert with_dropout[0] != with_dropout[1]  # training applies dropout
+  assert without[0] == without[1]  # soft attention, no dropout: the key changes nothing

@@ -11,6 +11,7 @@ from attnlab.efficient.dispatch import (
   Implementation,
   MaskKind,
   choose_implementation,
+  dispatch_implementation,
   dot_product_attention,
 )
 from attnlab.efficient.linear import (
@@ -27,6 +28,7 @@ __all__ = [
   "MaskKind",
   "choose_implementation",
   "chunked_soft_attention",
+  "dispatch_implementation",
   "dot_product_attention",
   "elu_plus_one",
   "linear_attention",

@@ -8,10 +8,12 @@ query, a running max ``m``, normaliser ``l`` and un-normalised context ``acc``
     acc' = e^(m - m') acc + Σ_j e^(s_ij - m') v_j          context = acc / l
 
 A custom VJP stores only ``q, k, v``, the context and ``lse = m + log l`` (O(T·D)), and
-recomputes each tile's probabilities ``p_ij = e^(s_ij - lse_i)`` in the backward pass
-(FlashAttention-2's loop order: key blocks outside, query blocks inside), so neither pass
-ever holds a ``Tq x Tk`` array. With ``causal=True`` tiles above the diagonal are skipped,
-not masked, which halves the work.
+recomputes each tile's probabilities ``p_ij = e^(s_ij - lse_i)`` in the backward pass, so
+neither pass ever holds a ``Tq x Tk`` array. The backward's loop order is query blocks
+outside and key blocks inside, with ``dk``/``dv`` accumulated in O(T·D) buffers and each
+tile computed transposed (``sᵀ = k_j q_iᵀ``) so that four of its five products are in the
+layout CPU matmul kernels take directly. With ``causal=True`` (or a local window) tiles
+outside the visible band are skipped, not masked, which halves the work.
 """
 
 from __future__ import annotations
@@ -31,8 +33,15 @@ _F32 = jnp.float32
 # Finite stand-in for -inf: a masked score or the log-normaliser of a fully masked row.
 _NEG = float(jnp.finfo(_F32).min)
 
+
+def _acc(*xs) -> jnp.dtype:
+  """Accumulation dtype: float32, or float64 for float64 inputs (x64 mode)."""
+  return jnp.promote_types(jnp.result_type(*xs), _F32)
+
+
 DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 256
+DEFAULT_BLOCK_K = 2048
+DEFAULT_HEADS_PER_STEP = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,7 @@ class _Tiling:
   scale: float
   causal: bool
   causal_offset: int
+  window: tuple[int, int] | None = None  # (left, right) around the diagonal
 
 
 def _to_blocks(x: chex.Array, block: int) -> chex.Array:
@@ -54,22 +64,22 @@ def _to_blocks(x: chex.Array, block: int) -> chex.Array:
   return x.reshape((x.shape[0] // block, block) + x.shape[1:])
 
 
-def _num_key_blocks(tiling: _Tiling, i, num_k: int):
-  """Key blocks query block ``i`` needs: all, or up to the causal diagonal."""
-  if not tiling.causal:
-    return num_k
-  last_query = (i + 1) * tiling.block_q - 1 + tiling.causal_offset
-  return jnp.clip(last_query // tiling.block_k + 1, 0, num_k)
-
-
-def _first_query_block(tiling: _Tiling, j, num_q: int):
-  """First query block that sees key block ``j`` (0 unless causal)."""
-  if not tiling.causal:
-    return 0
-  # Query block i sees key block j iff (i + 1) * block_q - 1 + offset >= j * block_k,
-  # i.e. i >= ceil((j * block_k - offset + 1) / block_q) - 1.
-  numerator = j * tiling.block_k - tiling.causal_offset + 1
-  return jnp.clip(-(-numerator // tiling.block_q) - 1, 0, num_q)
+def _key_block_range(tiling: _Tiling, i, num_k: int):
+  """``[first, end)`` key blocks query block ``i`` can see: all of them, or those that reach
+  the causal diagonal / the local window. Tiles outside are skipped, not masked."""
+  first_query = i * tiling.block_q + tiling.causal_offset
+  last_query = first_query + tiling.block_q - 1
+  last_key = None
+  if tiling.causal:
+    last_key = last_query
+  if tiling.window is not None:
+    left, right = tiling.window
+    last_key = last_query + right if last_key is None else jnp.minimum(last_key, last_query + right)
+    start = jnp.clip((first_query - left) // tiling.block_k, 0, num_k)
+  else:
+    start = 0
+  end = num_k if last_key is None else jnp.clip(last_key // tiling.block_k + 1, 0, num_k)
+  return start, jnp.maximum(start, end)
 
 
 def _tile_mask(tiling: _Tiling, i, j, key_valid, pair_valid):
@@ -82,41 +92,63 @@ def _tile_mask(tiling: _Tiling, i, j, key_valid, pair_valid):
     tile = lax.dynamic_index_in_dim(pair_valid, i, keepdims=False)
     tile = lax.dynamic_index_in_dim(tile, j, keepdims=False)
     valid = tile if valid is None else valid & tile
-  if tiling.causal:
+  if tiling.causal or tiling.window is not None:
     q_pos_Qx1 = i * bq + lax.broadcasted_iota(jnp.int32, (bq, 1), 0) + tiling.causal_offset
     k_pos_1xK = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    causal = jnp.broadcast_to(k_pos_1xK, (bq, bk)) <= jnp.broadcast_to(q_pos_Qx1, (bq, bk))
-    valid = causal if valid is None else valid & causal
+    rel_QxK = jnp.broadcast_to(k_pos_1xK, (bq, bk)) - jnp.broadcast_to(q_pos_Qx1, (bq, bk))
+    if tiling.causal:
+      valid = masks_lib.combine_masks(valid, rel_QxK <= 0)
+    if tiling.window is not None:
+      left, right = tiling.window
+      valid = masks_lib.combine_masks(valid, (rel_QxK >= -left) & (rel_QxK <= right))
   return valid
 
 
 def _forward(tiling, q_blocks, k_blocks, v_blocks, key_valid, pair_valid):
-  """Online-softmax forward. Returns ``(context [nq, bq, Dv], lse [nq, bq] f32)``."""
+  """Online-softmax forward: ``(context [nq, bq, Dv], lse [nq, bq])`` (lse in float32+).
+
+  Tiles are ``s [bq, bk] = q_i k_jᵀ`` and ``p v_j``: both contractions run over the last
+  axis of their left operand (the layout fast matmul kernels take without a transpose).
+  With one key block the softmax is a plain one (no running max, no rescaling).
+  """
   num_k = k_blocks.shape[0]
   bq, dv = q_blocks.shape[1], v_blocks.shape[-1]
+  acc = _acc(q_blocks, k_blocks, v_blocks)
+
+  def scores(i, j, q_BqxD, k_BkxD):
+    s_BqxBk = jnp.einsum("qd,kd->qk", q_BqxD, k_BkxD, preferred_element_type=acc)
+    valid = _tile_mask(tiling, i, j, key_valid, pair_valid)
+    return s_BqxBk if valid is None else jnp.where(valid, s_BqxBk, _NEG), valid
+
+  def probs_times_values(p_BqxBk, valid, v_BkxDv):
+    if valid is not None:  # exp(_NEG - _NEG) = 1 in a fully masked row: zero it.
+      p_BqxBk = jnp.where(valid, p_BqxBk, 0.0)
+    pv_BqxDv = jnp.einsum(
+      "qk,kd->qd", p_BqxBk.astype(v_BkxDv.dtype), v_BkxDv, preferred_element_type=acc
+    )
+    return jnp.sum(p_BqxBk, axis=-1), pv_BqxDv
 
   def one_query_block(i, q_BqxD):
-    def step(j, carry):
-      m_Bq, l_Bq, acc_BqxDv = carry
-      k_BkxD = lax.dynamic_index_in_dim(k_blocks, j, keepdims=False)
-      v_BkxDv = lax.dynamic_index_in_dim(v_blocks, j, keepdims=False)
-      s_BqxBk = jnp.einsum("qd,kd->qk", q_BqxD, k_BkxD, preferred_element_type=_F32)
-      valid = _tile_mask(tiling, i, j, key_valid, pair_valid)
-      if valid is not None:
-        s_BqxBk = jnp.where(valid, s_BqxBk, _NEG)
-      m_new_Bq = jnp.maximum(m_Bq, jnp.max(s_BqxBk, axis=-1))
-      p_BqxBk = jnp.exp(s_BqxBk - m_new_Bq[:, None])
-      if valid is not None:  # exp(_NEG - _NEG) = 1 in a fully masked row: zero it.
-        p_BqxBk = jnp.where(valid, p_BqxBk, 0.0)
-      correction_Bq = jnp.exp(m_Bq - m_new_Bq)
-      l_Bq = correction_Bq * l_Bq + jnp.sum(p_BqxBk, axis=-1)
-      pv_BqxDv = jnp.einsum(
-        "qk,kd->qd", p_BqxBk.astype(v_BkxDv.dtype), v_BkxDv, preferred_element_type=_F32
-      )
-      return m_new_Bq, l_Bq, correction_Bq[:, None] * acc_BqxDv + pv_BqxDv
+    if num_k == 1:
+      s_BqxBk, valid = scores(i, 0, q_BqxD, k_blocks[0])
+      m_Bq = jnp.max(s_BqxBk, axis=-1)
+      l_Bq, acc_BqxDv = probs_times_values(jnp.exp(s_BqxBk - m_Bq[:, None]), valid, v_blocks[0])
+    else:
 
-    init = (jnp.full((bq,), _NEG, _F32), jnp.zeros((bq,), _F32), jnp.zeros((bq, dv), _F32))
-    m_Bq, l_Bq, acc_BqxDv = lax.fori_loop(0, _num_key_blocks(tiling, i, num_k), step, init)
+      def step(j, carry):
+        m_Bq, l_Bq, acc_BqxDv = carry
+        k_BkxD = lax.dynamic_index_in_dim(k_blocks, j, keepdims=False)
+        v_BkxDv = lax.dynamic_index_in_dim(v_blocks, j, keepdims=False)
+        s_BqxBk, valid = scores(i, j, q_BqxD, k_BkxD)
+        m_new_Bq = jnp.maximum(m_Bq, jnp.max(s_BqxBk, axis=-1))
+        p_BqxBk = jnp.exp(s_BqxBk - m_new_Bq[:, None])
+        row_sum_Bq, pv_BqxDv = probs_times_values(p_BqxBk, valid, v_BkxDv)
+        correction_Bq = jnp.exp(m_Bq - m_new_Bq)
+        l_Bq = correction_Bq * l_Bq + row_sum_Bq
+        return m_new_Bq, l_Bq, correction_Bq[:, None] * acc_BqxDv + pv_BqxDv
+
+      init = (jnp.full((bq,), _NEG, acc), jnp.zeros((bq,), acc), jnp.zeros((bq, dv), acc))
+      m_Bq, l_Bq, acc_BqxDv = lax.fori_loop(*_key_block_range(tiling, i, num_k), step, init)
     nonempty_Bq = l_Bq > 0.0
     l_safe_Bq = jnp.where(nonempty_Bq, l_Bq, 1.0)
     context_BqxDv = (acc_BqxDv / l_safe_Bq[:, None]).astype(v_blocks.dtype)
@@ -137,49 +169,105 @@ def _flash_fwd(tiling, q_blocks, k_blocks, v_blocks, key_valid, pair_valid):
 
 
 def _flash_bwd(tiling, residuals, cotangents):
+  """Query blocks outside (a scan that emits ``dq_i``), key blocks inside.
+
+  ``dk`` and ``dv`` are ``[nk · bk, D]`` accumulators (O(T·D), never O(T²)). Each tile is
+  computed transposed, ``sᵀ [bk, bq] = k_j q_iᵀ``, so that the key-side products
+  ``dv_j += pᵀ dO_i`` and ``dk_j += dsᵀ q_i`` contract over the tile's last axis, and
+  ``dq_iᵀ += k_jᵀ dsᵀ`` uses a ``kᵀ`` transposed once outside the loops: all five tile
+  matmuls are plain (row-major, no operand contracted over its first axis), the layout CPU
+  matmul kernels run fastest (measured 2-4x faster than the transposed-operand form here).
+  ``p`` is recomputed from ``lse`` (no running max): one exp per tile.
+  """
   q_blocks, k_blocks, v_blocks, key_valid, pair_valid, context, lse = residuals
   d_context, d_lse = cotangents
-  num_q = q_blocks.shape[0]
+  num_k = k_blocks.shape[0]
+  acc = _acc(q_blocks, k_blocks, v_blocks)
   # dL/ds_ij = p_ij (dO_i·v_j - delta_i) with delta_i = dO_i·O_i - dL/dlse_i.
-  delta_NqxBq = jnp.sum(d_context.astype(_F32) * context.astype(_F32), axis=-1) - d_lse.astype(_F32)
+  delta_NqxBq = jnp.sum(d_context.astype(acc) * context.astype(acc), axis=-1)
+  delta_NqxBq = delta_NqxBq - d_lse.astype(acc)
   d_context = d_context.astype(v_blocks.dtype)
 
-  def one_key_block(dq_acc, xs):
-    j, k_BkxD, v_BkxDv = xs
+  def tile(i, j, q_BqxD, do_BqxDv, lse_Bq, delta_Bq, k_BkxD, kT_DxBk, v_BkxDv):
+    """``(dqᵀ_i part, dk_j part, dv_j part)`` of tile ``(i, j)``, in the accumulation dtype."""
+    s_BkxBq = jnp.einsum("kd,qd->kq", k_BkxD, q_BqxD, preferred_element_type=acc)
+    p_BkxBq = jnp.exp(s_BkxBq - lse_Bq[None, :])
+    valid = _tile_mask(tiling, i, j, key_valid, pair_valid)
+    if valid is not None:  # also zeroes fully masked queries (lse = _NEG)
+      p_BkxBq = jnp.where(valid.T, p_BkxBq, 0.0)
+    dv_BkxDv = jnp.einsum(
+      "kq,qd->kd", p_BkxBq.astype(do_BqxDv.dtype), do_BqxDv, preferred_element_type=acc
+    )
+    dp_BkxBq = jnp.einsum("kd,qd->kq", v_BkxDv, do_BqxDv, preferred_element_type=acc)
+    ds_BkxBq = (p_BkxBq * (dp_BkxBq - delta_Bq[None, :])).astype(q_BqxD.dtype)
+    dk_BkxD = jnp.einsum("kq,qd->kd", ds_BkxBq, q_BqxD, preferred_element_type=acc)
+    # dqᵀ = kᵀ ds with kᵀ stored transposed: a plain matmul (ds k would contract ds's first axis).
+    dqT_DxBq = jnp.einsum("dk,kq->dq", kT_DxBk, ds_BkxBq, preferred_element_type=acc)
+    return dqT_DxBq, dk_BkxD, dv_BkxDv
 
-    def step(i, carry):
-      dk_BkxD, dv_BkxDv, dq_NqxBqxD = carry
-      q_BqxD = lax.dynamic_index_in_dim(q_blocks, i, keepdims=False)
-      do_BqxDv = lax.dynamic_index_in_dim(d_context, i, keepdims=False)
-      lse_Bq = lax.dynamic_index_in_dim(lse, i, keepdims=False)
-      delta_Bq = lax.dynamic_index_in_dim(delta_NqxBq, i, keepdims=False)
-      s_BqxBk = jnp.einsum("qd,kd->qk", q_BqxD, k_BkxD, preferred_element_type=_F32)
-      p_BqxBk = jnp.exp(s_BqxBk - lse_Bq[:, None])
-      valid = _tile_mask(tiling, i, j, key_valid, pair_valid)
-      if valid is not None:
-        p_BqxBk = jnp.where(valid, p_BqxBk, 0.0)
-      dv_BkxDv += jnp.einsum(
-        "qk,qd->kd", p_BqxBk.astype(do_BqxDv.dtype), do_BqxDv, preferred_element_type=_F32
+  def one_query_block(carry, xs):
+    dk_TkxD, dv_TkxDv = carry  # flat [nk * bk, D]: one plain add per tile
+    i, q_BqxD, do_BqxDv, lse_Bq, delta_Bq = xs
+    if num_k == 1:
+      dqT_DxBq, dk_BkxD, dv_BkxDv = tile(
+        i, 0, q_BqxD, do_BqxDv, lse_Bq, delta_Bq, k_blocks[0], kT_blocks[0], v_blocks[0]
       )
-      dp_BqxBk = jnp.einsum("qd,kd->qk", do_BqxDv, v_BkxDv, preferred_element_type=_F32)
-      ds_BqxBk = (p_BqxBk * (dp_BqxBk - delta_Bq[:, None])).astype(q_BqxD.dtype)
-      dk_BkxD += jnp.einsum("qk,qd->kd", ds_BqxBk, q_BqxD, preferred_element_type=_F32)
-      dq_BqxD = jnp.einsum("qk,kd->qd", ds_BqxBk, k_BkxD, preferred_element_type=_F32)
-      old = lax.dynamic_index_in_dim(dq_NqxBqxD, i, keepdims=True)
-      dq_NqxBqxD = lax.dynamic_update_index_in_dim(dq_NqxBqxD, old + dq_BqxD[None], i, 0)
-      return dk_BkxD, dv_BkxDv, dq_NqxBqxD
+      return (dk_TkxD + dk_BkxD, dv_TkxDv + dv_BkxDv), dqT_DxBq
 
-    init = (jnp.zeros(k_BkxD.shape, _F32), jnp.zeros(v_BkxDv.shape, _F32), dq_acc)
-    start = _first_query_block(tiling, j, num_q)
-    dk_BkxD, dv_BkxDv, dq_acc = lax.fori_loop(start, num_q, step, init)
-    return dq_acc, (dk_BkxD.astype(k_BkxD.dtype), dv_BkxDv.astype(v_BkxDv.dtype))
+    def step(j, inner):
+      dqT_DxBq, dk_TkxD, dv_TkxDv = inner
+      block = lambda x: lax.dynamic_index_in_dim(x, j, keepdims=False)
+      dqT_part, dk_part, dv_part = tile(
+        i, j, q_BqxD, do_BqxDv, lse_Bq, delta_Bq, block(k_blocks), block(kT_blocks),
+        block(v_blocks),
+      )  # fmt: skip
+      start = j * bk
 
-  xs = (jnp.arange(k_blocks.shape[0]), k_blocks, v_blocks)
-  dq, (dk, dv) = lax.scan(one_key_block, jnp.zeros(q_blocks.shape, _F32), xs)
-  return dq.astype(q_blocks.dtype), dk, dv, None, None
+      def add(acc, part):
+        old = lax.dynamic_slice_in_dim(acc, start, bk)
+        return lax.dynamic_update_slice_in_dim(acc, old + part, start, 0)
+
+      return dqT_DxBq + dqT_part, add(dk_TkxD, dk_part), add(dv_TkxDv, dv_part)
+
+    init = (jnp.zeros(q_BqxD.shape[::-1], acc), dk_TkxD, dv_TkxDv)
+    dqT_DxBq, dk_TkxD, dv_TkxDv = lax.fori_loop(*_key_block_range(tiling, i, num_k), step, init)
+    return (dk_TkxD, dv_TkxDv), dqT_DxBq
+
+  bk = k_blocks.shape[1]
+  kT_blocks = jnp.swapaxes(k_blocks, 1, 2)  # [nk, D, bk], once, outside the loops
+  init = (
+    jnp.zeros((num_k * bk, k_blocks.shape[-1]), acc),
+    jnp.zeros((num_k * bk, v_blocks.shape[-1]), acc),
+  )
+  xs = (jnp.arange(q_blocks.shape[0]), q_blocks, d_context, lse, delta_NqxBq)
+  (dk, dv), dqT = lax.scan(one_query_block, init, xs)
+  dq = jnp.swapaxes(dqT, 1, 2)
+  return (
+    dq.astype(q_blocks.dtype),
+    dk.reshape(k_blocks.shape).astype(k_blocks.dtype),
+    dv.reshape(v_blocks.shape).astype(v_blocks.dtype),
+    None,
+    None,
+  )
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def parse_window(local_window_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+  """``w -> (w, w)``; ``(left, right)`` checked to be non-negative ints; ``None`` passes."""
+  if local_window_size is None:
+    return None
+  window = (
+    (local_window_size, local_window_size)
+    if isinstance(local_window_size, int)
+    else tuple(local_window_size)
+  )
+  if len(window) != 2 or not all(isinstance(w, int) and w >= 0 for w in window):
+    raise ValueError(
+      f"local_window_size must be an int or (left, right) of ints >= 0, got {local_window_size!r}."
+    )
+  return window
 
 
 def chunked_soft_attention(
@@ -190,6 +278,7 @@ def chunked_soft_attention(
   *,
   causal: bool = False,
   causal_offset: int = 0,
+  local_window_size: int | tuple[int, int] | None = None,
   scale: float | None = None,
   block_q: int = DEFAULT_BLOCK_Q,
   block_k: int = DEFAULT_BLOCK_K,
@@ -211,17 +300,25 @@ def chunked_soft_attention(
       A key-padding mask is never broadcast to ``[Tq, Tk]``.
     causal: also mask keys ``j > i + causal_offset``, without building the mask; tiles
       entirely above the diagonal are not computed.
-    causal_offset: diagonal shift (see :func:`attnlab.masks.causal_mask`); 0 is top-left
-      alignment, ``Tk - Tq`` bottom-right.
+    causal_offset: diagonal shift (see :func:`attnlab.masks.causal_mask`) of ``causal`` and
+      ``local_window_size``; 0 is top-left alignment, ``Tk - Tq`` bottom-right.
+    local_window_size: ``(left, right)`` (an int ``w`` means ``(w, w)``): query ``i`` also
+      only sees keys ``i + offset - left <= j <= i + offset + right``, as
+      ``jax.nn.dot_product_attention(local_window_size=...)`` and
+      :func:`attnlab.masks.local_mask`; tiles outside the window are skipped.
     scale: score scale; default ``1 / sqrt(D)``.
     block_q: query tile size (clipped to ``Tq``). Larger tiles mean fewer, bigger matmuls;
-      memory per head is O(block_q · block_k).
-    block_k: key tile size (clipped to ``Tk``).
+      memory per head is O(block_q · block_k). The defaults (512 x 2048, a 4 MiB float32
+      tile) measured fastest on a 2-core CPU at T = 2048 (256: 5-10% slower, 128: 10-20%)
+      and as fast as 256 at T = 8192.
+    block_k: key tile size (clipped to ``Tk``); with ``Tk <= block_k`` the softmax of each
+      query block is computed in one tile, without online rescaling.
 
   Returns:
-    ``(context [Tq, Dv], logsumexp [Tq])``: the context in ``v``'s dtype and, in float32,
-    ``log Σ_j exp(scale · q_i·k_j)`` over visible keys (``finfo(float32).min`` for a
-    fully masked query), which merges partial attentions and is differentiable.
+    ``(context [Tq, Dv], logsumexp [Tq])``: the context in ``v``'s dtype and, in float32
+    (float64 for float64 inputs), ``log Σ_j exp(scale · q_i·k_j)`` over visible keys
+    (``finfo(float32).min`` for a fully masked query), which merges partial attentions and
+    is differentiable.
 
   References:
     Rabe & Staats, "Self-attention Does Not Need O(n²) Memory", arXiv 2112.05682, 2021;
@@ -243,6 +340,7 @@ def chunked_soft_attention(
     scale=float(depth**-0.5 if scale is None else scale),
     causal=bool(causal),
     causal_offset=int(causal_offset),
+    window=parse_window(local_window_size),
   )
 
   key_valid, pair_valid = None, None
@@ -284,30 +382,56 @@ def multi_head_chunked_attention(
   *,
   causal: bool = False,
   causal_offset: int = 0,
+  local_window_size: int | tuple[int, int] | None = None,
   scale: float | None = None,
   block_q: int = DEFAULT_BLOCK_Q,
   block_k: int = DEFAULT_BLOCK_K,
+  heads_per_step: int = DEFAULT_HEADS_PER_STEP,
 ) -> tuple[chex.Array, chex.Array]:
-  """:func:`chunked_soft_attention` vmapped over heads and batch.
+  """:func:`chunked_soft_attention` over every (example, head) pair.
+
+  The pairs are visited ``heads_per_step`` at a time (``lax.map`` with that batch size,
+  each step the per-head function vmapped over its pairs) rather than all vmapped at once:
+  a step's tiles then stay in a CPU core's cache (measured ~15% faster at T = 2048 on 2
+  cores than vmapping all 8 heads). Results are the same either way.
 
   Args:
     q: ``[B, T, H, D]``.
     k: ``[B, S, H, D]``.
     v: ``[B, S, H, Dv]``.
     mask: bool, broadcastable to ``[B, H, T, S]`` with rank 4 (``[B, 1, 1, S]`` key
-      padding stays a vector per example); ``True`` = may attend.
-    causal, causal_offset, scale, block_q, block_k: as in :func:`chunked_soft_attention`.
+      padding stays a vector per example; size-1 axes are never materialised); ``True`` =
+      may attend.
+    causal, causal_offset, local_window_size, scale, block_q, block_k: as in
+      :func:`chunked_soft_attention`.
+    heads_per_step: (example, head) pairs computed together; ``B * H`` vmaps them all.
 
   Returns:
     ``(context [B, T, H, Dv], logsumexp [B, H, T])``.
   """
-  multihead.check_layout(q, k, v, mask)
+  batch, _, heads, _ = multihead.check_layout(q, k, v, mask)
+  if not isinstance(heads_per_step, int) or heads_per_step < 1:
+    raise ValueError(f"heads_per_step must be a positive int, got {heads_per_step!r}.")
+  pairs = batch * heads
 
-  def per_head(q_TxD, k_SxD, v_SxD, mask_TxS, params, key):
-    del params, key
+  def per_pair(xs):
+    n, q_TxD, k_SxD, v_SxD = xs
+    mask_TxS = None
+    if mask is not None:  # this pair's [T|1, S] slice of the un-broadcast mask
+      b = n // heads if mask.shape[0] > 1 else 0
+      h = n % heads if mask.shape[1] > 1 else 0
+      mask_TxS = lax.dynamic_index_in_dim(mask, b, keepdims=False)
+      mask_TxS = lax.dynamic_index_in_dim(mask_TxS, h, keepdims=False)
     return chunked_soft_attention(
         q_TxD, k_SxD, v_SxD, mask_TxS, causal=causal, causal_offset=causal_offset,
-        scale=scale, block_q=block_q, block_k=block_k,
+        local_window_size=local_window_size, scale=scale, block_q=block_q, block_k=block_k,
     )  # fmt: skip
 
-  return multihead.vmap_heads_and_batch(per_head, q, k, v, mask, None, None, (1, 0))
+  def to_pairs(x_BxTxHxD):  # [B, T, H, D] -> [B * H, T, D]
+    x_BxHxTxD = jnp.swapaxes(x_BxTxHxD, 1, 2)
+    return x_BxHxTxD.reshape((pairs,) + x_BxHxTxD.shape[2:])
+
+  xs = (jnp.arange(pairs), to_pairs(q), to_pairs(k), to_pairs(v))
+  context_NxTxDv, lse_NxT = lax.map(per_pair, xs, batch_size=min(heads_per_step, pairs))
+  context_BxHxTxDv = context_NxTxDv.reshape((batch, heads) + context_NxTxDv.shape[1:])
+  return jnp.swapaxes(context_BxHxTxDv, 1, 2), lse_NxT.reshape(batch, heads, -1)

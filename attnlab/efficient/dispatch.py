@@ -1,15 +1,21 @@
-"""One entry point for batched scaled-dot softmax attention that picks the implementation.
+"""``jax.nn.dot_product_attention``'s signature, attnlab's semantics, the implementation picked.
 
-The choice is a pure function of static facts (:func:`choose_implementation`), so it can be
-unit-tested on any machine, is returned with the result, and can be overridden:
+:func:`dot_product_attention` takes the arguments of ``jax.nn.dot_product_attention``
+(``query, key, value, bias=None, mask=None, *, scale, is_causal, query_seq_lengths,
+key_value_seq_lengths, local_window_size, implementation``; batched ``[B, T, N, H]`` or
+unbatched ``[T, N, H]``; grouped K/V heads) and returns one array, so ``jax.jit`` and
+``jax.vmap`` apply as to jax.nn's. Which implementation runs is a pure function of static
+facts (:func:`choose_implementation`); :func:`dispatch_implementation` answers it for a call
+without running it:
 
-  * GPU, float16/bfloat16, head dim <= 128 and a multiple of 8, no mask or causal only:
-    ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused flash kernel). With an
-    arbitrary mask cuDNN could produce rows with no visible key, which jax.nn turns into a
-    uniform average; attnlab's semantics (zeros) would be lost, so those go to attnlab.
+  * GPU, float16/bfloat16, head dim <= 128 and a multiple of 8, no bias, no mask or causal
+    only: ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused flash kernel).
+    With an arbitrary mask cuDNN could produce rows with no visible key, which jax.nn turns
+    into a uniform average; attnlab's semantics (zeros) would be lost, so those go to
+    attnlab. This is the one place in attnlab that picks code by backend.
   * Otherwise attnlab's own: the plain vmapped :func:`attnlab.multi_head_soft_attention`
-    for keys that fit one tile, :func:`multi_head_chunked_attention` (online softmax, O(T)
-    memory, flash-style VJP) for longer ones.
+    for small problems or with a bias, :func:`multi_head_chunked_attention` (online
+    softmax, O(T) memory, flash-style VJP, causal/window tiles skipped) for larger ones.
 
 All implementations give the same result (to float32 rounding), including zero context for
 queries with no visible key: the jax.nn paths are corrected for that when a mask could
@@ -19,18 +25,25 @@ produce one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from attnlab import masks as masks_lib
-from attnlab import multihead
+from attnlab import multihead, scores
 from attnlab.efficient import chunked
 from attnlab.enums import Choice
 
 _CUDNN_DTYPES = ("bfloat16", "float16")
 _GPU_BACKENDS = ("gpu", "cuda")
+# The plain form is chosen for up to PLAIN_MAX_KEYS keys, or while the B·H·Tq·Tk scores
+# stay within PLAIN_MAX_SCORES elements (8 MiB of float32); the chunked kernel beyond.
+# Measured on 2 CPU cores, forward+backward, 8 heads, dim 64 (soft / chunked time): B=4
+# T=256 0.82, B=1 T=512 0.93 (both 2^21 scores), B=4 T=512 1.43, B=1 T=1024 1.70.
+PLAIN_MAX_KEYS = 256
+PLAIN_MAX_SCORES = 2**21
 
 
 class Implementation(Choice):
@@ -47,8 +60,8 @@ class MaskKind(Choice):
 
   NONE = "none"
   CAUSAL = "causal"  # is_causal only, top-left aligned.
-  KEY_PADDING = "key_padding"  # a [B|1, 1, 1, S] mask, maybe with causal.
-  DENSE = "dense"  # any other mask, maybe with causal.
+  KEY_PADDING = "key_padding"  # a [B|1, 1, 1, S] mask or key lengths, maybe with causal.
+  DENSE = "dense"  # any other mask or a local window, maybe with causal.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,27 +77,29 @@ class AttentionProblem:
   head_dim: int
   value_dim: int
   mask_kind: MaskKind
+  has_bias: bool = False
+  kv_heads: int | None = None  # None: as many as query heads
 
 
 def mask_kind(mask: chex.Array | None, causal: bool) -> MaskKind:
   """Classifies a rank-4 ``[B|1, H|1, T|1, S]`` mask (or ``None``) plus ``causal``."""
   if mask is None:
     return MaskKind.CAUSAL if causal else MaskKind.NONE
-  return MaskKind.KEY_PADDING if mask.shape[1:3] == (1, 1) else MaskKind.DENSE
+  return MaskKind.KEY_PADDING if tuple(mask.shape[1:3]) == (1, 1) else MaskKind.DENSE
 
 
 def choose_implementation(problem: AttentionProblem) -> Implementation:
   """Picks the fastest implementation that keeps attnlab's semantics; pure and static.
 
   Args:
-    problem: backend, dtype, shapes and mask kind of the call.
+    problem: backend, dtype, shapes, bias and mask kind of the call.
 
   Returns:
     CUDNN on a GPU for float16/bfloat16, head dims ``<= 128`` and multiples of 8, equal
-    ``D`` and ``Dv``, and no mask or causal only. Otherwise CHUNKED as soon as there is
-    more than one key tile (``Tk > DEFAULT_BLOCK_K``): on CPU it was measured at least as
-    fast as the plain form from T = 512 on (see ``results/``), needs O(T) memory and skips
-    causal tiles; SOFT (the plain vmapped form, same result, no loop) for shorter keys.
+    ``D`` and ``Dv``, no bias and no mask or causal only. Otherwise SOFT (the plain vmapped
+    form) with a bias, for ``Tk <= PLAIN_MAX_KEYS`` or up to ``PLAIN_MAX_SCORES`` score
+    elements ``B·H·Tq·Tk``, and CHUNKED beyond: on CPU it was measured faster than the
+    plain form from there on, needs O(T) memory and skips causal and local-window tiles.
   """
   if (
     problem.backend in _GPU_BACKENDS
@@ -92,83 +107,138 @@ def choose_implementation(problem: AttentionProblem) -> Implementation:
     and problem.head_dim == problem.value_dim
     and problem.head_dim <= 128
     and problem.head_dim % 8 == 0
+    and not problem.has_bias
     and problem.mask_kind in (MaskKind.NONE, MaskKind.CAUSAL)
   ):
     return Implementation.CUDNN
-  if problem.k_len > chunked.DEFAULT_BLOCK_K:
-    return Implementation.CHUNKED
-  return Implementation.SOFT
+  scores = problem.batch * problem.heads * problem.q_len * problem.k_len
+  if problem.has_bias or problem.k_len <= PLAIN_MAX_KEYS or scores <= PLAIN_MAX_SCORES:
+    return Implementation.SOFT
+  return Implementation.CHUNKED
 
 
-def _jax_nn(q, k, v, mask, causal, implementation):
-  """jax.nn.dot_product_attention with attnlab's zero output for queries that see no key."""
-  q_len, k_len = q.shape[1], k.shape[1]
-  if causal and mask is not None:
-    mask = mask & masks_lib.causal_mask(q_len, k_len)[None, None]
-    causal = False
-  context = jax.nn.dot_product_attention(
-    q, k, v, mask=mask, is_causal=causal, implementation=implementation
+@dataclasses.dataclass(frozen=True)
+class _Call:
+  """One call's arguments brought to rank 4 and checked (arrays plus static options)."""
+
+  query: chex.Array  # [B, T, N, H]
+  key: chex.Array  # [B, S, K, H]
+  value: chex.Array  # [B, S, K, Hv]
+  bias: chex.Array | None  # [B|1, N|1, T|1, S|1]
+  mask: chex.Array | None  # bool [B|1, N|1, T|1, S|1], key lengths folded in
+  query_valid: chex.Array | None  # bool [B, T] from query_seq_lengths
+  scale: float | None
+  causal: bool
+  window: tuple[int, int] | None
+  unbatched: bool
+
+  @property
+  def groups(self) -> int:
+    return self.query.shape[2] // self.key.shape[2]
+
+  def problem(self, backend: str) -> AttentionProblem:
+    batch, q_len, heads, head_dim = self.query.shape
+    window_or_dense = self.window is not None or (
+      self.mask is not None and mask_kind(self.mask, False) is MaskKind.DENSE
+    )
+    kind = MaskKind.DENSE if window_or_dense else mask_kind(self.mask, self.causal)
+    return AttentionProblem(
+      backend=backend,
+      dtype=jnp.dtype(self.query.dtype).name,
+      batch=batch,
+      q_len=q_len,
+      k_len=self.key.shape[1],
+      heads=heads,
+      head_dim=head_dim,
+      value_dim=self.value.shape[-1],
+      mask_kind=kind,
+      has_bias=self.bias is not None,
+      kv_heads=self.key.shape[2],
+    )
+
+
+def _to_rank4(name: str, x, *, bool_only: bool = False) -> chex.Array | None:
+  """A bias or mask of rank <= 4 left-padded to rank 4 (as jax.nn does), dtype checked."""
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  if bool_only and x.dtype != jnp.bool_:
+    raise TypeError(
+      f"attention masks must be boolean (True = attend), got dtype {x.dtype}; pass an "
+      "additive float mask as `bias`."
+    )
+  if x.ndim > 4:
+    raise ValueError(f"{name} must have rank <= 4 ([B, N, T, S]), got shape {x.shape}.")
+  return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _seq_lengths(name: str, lengths, batch: int) -> chex.Array | None:
+  if lengths is None:
+    return None
+  lengths = jnp.asarray(lengths)
+  if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(
+      f"{name} must be an int array [B] = [{batch}], got {lengths.dtype}{lengths.shape}."
+    )
+  return lengths
+
+
+def _prepare(query, key, value, bias, mask, scale, is_causal, q_lengths, kv_lengths, window):
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  ranks = {query.ndim, key.ndim, value.ndim}
+  if ranks not in ({3}, {4}):
+    raise ValueError(
+      "query, key and value must all be [B, T, N, H] (or all unbatched [T, N, H]); got "
+      f"shapes {query.shape}, {key.shape}, {value.shape}."
+    )
+  unbatched = ranks == {3}
+  if unbatched:
+    query, key, value = query[None], key[None], value[None]
+  batch, _, heads, head_dim = query.shape
+  if (
+    key.shape[0] != batch
+    or key.shape[3] != head_dim
+    or value.shape[:3] != key.shape[:3]
+    or heads % key.shape[2]
+  ):
+    raise ValueError(
+      f"query {query.shape}, key {key.shape}, value {value.shape} disagree: expected "
+      "query [B, T, N, H], key [B, S, K, H], value [B, S, K, Hv] with N a multiple of K "
+      "(K < N: grouped-query attention)."
+    )
+  bias, mask = _to_rank4("bias", bias), _to_rank4("mask", mask, bool_only=True)
+  kv_lengths = _seq_lengths("key_value_seq_lengths", kv_lengths, batch)
+  q_lengths = _seq_lengths("query_seq_lengths", q_lengths, batch)
+  if kv_lengths is not None:
+    key_valid = masks_lib.padding_mask(kv_lengths, key.shape[1])[:, None, None, :]
+    mask = masks_lib.combine_masks(mask, key_valid)
+  query_valid = None if q_lengths is None else masks_lib.padding_mask(q_lengths, query.shape[1])
+  expected = (batch, heads, query.shape[1], key.shape[1])
+  for name, x in (("bias", bias), ("mask", mask)):
+    if x is not None and any(m not in (1, e) for m, e in zip(x.shape, expected, strict=True)):
+      raise ValueError(
+        f"{name} of shape {x.shape} does not broadcast to [B, N, T, S] = {list(expected)}."
+      )
+  return _Call(
+    query=query,
+    key=key,
+    value=value,
+    bias=bias,
+    mask=mask,
+    query_valid=query_valid,
+    scale=None if scale is None else float(scale),
+    causal=bool(is_causal),
+    window=chunked.parse_window(window),
+    unbatched=unbatched,
   )
-  if mask is None:  # no key masked, or top-left causal: every query sees key 0
-    return context
-  nonempty_BxHxT = jnp.any(mask, axis=-1)
-  nonempty_BxTxH = jnp.broadcast_to(
-    nonempty_BxHxT.transpose(0, 2, 1), (context.shape[0], q_len, context.shape[2])
-  )
-  return jnp.where(nonempty_BxTxH[..., None], context, jnp.zeros((), context.dtype))
 
 
-def dot_product_attention(
-  q: chex.Array,
-  k: chex.Array,
-  v: chex.Array,
-  mask: chex.Array | None = None,
-  *,
-  causal: bool = False,
-  implementation: str | Implementation | None = None,
-  backend: str | None = None,
-) -> tuple[chex.Array, Implementation]:
-  """Batched scaled-dot softmax attention through the best available implementation.
-
-  ``context = softmax(q kᵀ / sqrt(D), masked) v`` per batch element and head; a query with
-  no visible key gets a zero context, whichever implementation runs.
-
-  Args:
-    q: ``[B, T, H, D]``.
-    k: ``[B, S, H, D]``.
-    v: ``[B, S, H, Dv]``.
-    mask: bool, broadcastable to ``[B, H, T, S]`` with rank 4; ``True`` = may attend.
-    causal: query ``i`` sees keys ``j <= i`` (top-left aligned, as ``jax.nn``).
-    implementation: force one (:class:`Implementation` or its value); ``None`` lets
-      :func:`choose_implementation` decide.
-    backend: the platform to decide for; default ``jax.default_backend()``.
-
-  Returns:
-    ``(context [B, T, H, Dv], implementation)``: the output in ``v``'s dtype and which
-    implementation produced it.
-
-  References:
-    Vaswani et al. 2017; Dao et al., "FlashAttention", NeurIPS 2022.
-  """
-  batch, q_len, heads, k_len = multihead.check_layout(q, k, v, mask)
-  if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
-    raise TypeError(f"attention masks must be boolean (True = attend), got dtype {mask.dtype}.")
+def _choice(call: _Call, implementation, backend: str | None) -> Implementation:
   backend = jax.default_backend() if backend is None else backend
-  problem = AttentionProblem(
-    backend=backend,
-    dtype=jnp.dtype(q.dtype).name,
-    batch=batch,
-    q_len=q_len,
-    k_len=k_len,
-    heads=heads,
-    head_dim=q.shape[-1],
-    value_dim=v.shape[-1],
-    mask_kind=mask_kind(mask, causal),
-  )
+  problem = call.problem(backend)
   if implementation is None:
-    choice = choose_implementation(problem)
-  else:
-    choice = Implementation.parse(implementation)
+    return choose_implementation(problem)
+  choice = Implementation.parse(implementation)
   if choice is Implementation.CUDNN and (
     backend not in _GPU_BACKENDS or problem.mask_kind not in (MaskKind.NONE, MaskKind.CAUSAL)
   ):
@@ -176,12 +246,181 @@ def dot_product_attention(
       f"implementation='cudnn' needs a GPU backend and no mask or causal only; got backend "
       f"{backend!r}, mask kind {problem.mask_kind.value!r}."
     )
+  return choice
 
+
+def dispatch_implementation(
+  query: chex.Array,
+  key: chex.Array,
+  value: chex.Array,
+  bias: chex.Array | None = None,
+  mask: chex.Array | None = None,
+  *,
+  scale: float | None = None,
+  is_causal: bool = False,
+  query_seq_lengths: chex.Array | None = None,
+  key_value_seq_lengths: chex.Array | None = None,
+  local_window_size: int | tuple[int, int] | None = None,
+  implementation: str | Implementation | None = None,
+  backend: str | None = None,
+) -> Implementation:
+  """The :class:`Implementation` :func:`dot_product_attention` runs for these arguments.
+
+  Pure and cheap: only shapes, dtypes and options are looked at (arrays may be
+  ``jax.ShapeDtypeStruct``; nothing is computed), so it can be asked before or outside
+  ``jit``, or for another backend.
+
+  Args:
+    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+      key_value_seq_lengths, local_window_size, implementation: as in
+      :func:`dot_product_attention`.
+    backend: the platform to decide for; default ``jax.default_backend()``.
+
+  Returns:
+    The implementation (after validating a forced one).
+  """
+  choices = []
+
+  def probe(query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths):
+    call = _prepare(
+      query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+      key_value_seq_lengths, local_window_size,
+    )  # fmt: skip
+    choices.append(_choice(call, implementation, backend))
+
+  # Abstract evaluation: arrays, tracers and jax.ShapeDtypeStruct all work; nothing runs.
+  jax.eval_shape(probe, query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths)
+  return choices[0]
+
+
+def _over_groups(fn, call: _Call, mask):
+  """``fn(q [B, T, K, H], k, v, mask, bias) -> [B, T, K, Hv]`` for each of the ``G = N / K``
+  query heads sharing a K/V head (query head ``n`` uses K/V head ``n // G``, as jax.nn)."""
+  groups = call.groups
+  if groups == 1:
+    return fn(call.query, call.key, call.value, mask, call.bias)
+  batch, q_len, heads, head_dim = call.query.shape
+  kv_heads = heads // groups
+
+  def split(x):  # [B|1, N|1, T|1, S|1] -> ([B|1, K, G, T|1, S|1], 2) or (x, None)
+    if x is None or x.shape[1] == 1:
+      return x, None
+    return x.reshape((x.shape[0], kv_heads, groups) + x.shape[2:]), 2
+
+  (mask, mask_axis), (bias, bias_axis) = split(mask), split(call.bias)
+  q_BxTxKxGxH = call.query.reshape(batch, q_len, kv_heads, groups, head_dim)
+  out = jax.vmap(fn, in_axes=(3, None, None, mask_axis, bias_axis), out_axes=3)(
+    q_BxTxKxGxH, call.key, call.value, mask, bias
+  )
+  return out.reshape(batch, q_len, heads, out.shape[-1])
+
+
+def _structural_mask(call: _Call) -> chex.Array | None:
+  """``mask`` AND causal AND window as one rank-4 bool mask (for the plain form)."""
+  q_len, k_len = call.query.shape[1], call.key.shape[1]
+  extra = None
+  if call.causal:
+    extra = masks_lib.causal_mask(q_len, k_len)
+  if call.window is not None:
+    left, right = call.window
+    extra = masks_lib.combine_masks(
+      extra, masks_lib.local_mask(q_len, k_len, left=left, right=right)
+    )
+  return masks_lib.combine_masks(call.mask, None if extra is None else extra[None, None])
+
+
+def _run_jax_nn(call: _Call, implementation: str):
+  """jax.nn.dot_product_attention with attnlab's zero output for queries that see no key."""
+  q_lengths = None
+  if call.query_valid is not None:
+    q_lengths = jnp.sum(call.query_valid, axis=-1).astype(jnp.int32)
+  context = jax.nn.dot_product_attention(
+    call.query, call.key, call.value, call.bias, call.mask, scale=call.scale,
+    is_causal=call.causal, query_seq_lengths=q_lengths, local_window_size=call.window,
+    implementation=implementation,
+  )  # fmt: skip
+  if call.mask is None and call.window is None:
+    return context  # no key masked, or top-left causal: every query sees key 0
+  nonempty_BxNxT = jnp.any(_structural_mask(call), axis=-1)
+  batch, q_len, heads, _ = context.shape
+  nonempty_BxTxN = jnp.broadcast_to(nonempty_BxNxT.transpose(0, 2, 1), (batch, q_len, heads))
+  return jnp.where(nonempty_BxTxN[..., None], context, jnp.zeros((), context.dtype))
+
+
+def dot_product_attention(
+  query: chex.Array,
+  key: chex.Array,
+  value: chex.Array,
+  bias: chex.Array | None = None,
+  mask: chex.Array | None = None,
+  *,
+  scale: float | None = None,
+  is_causal: bool = False,
+  query_seq_lengths: chex.Array | None = None,
+  key_value_seq_lengths: chex.Array | None = None,
+  local_window_size: int | tuple[int, int] | None = None,
+  implementation: str | Implementation | None = None,
+) -> chex.Array:
+  """Scaled-dot softmax attention with the signature of ``jax.nn.dot_product_attention``.
+
+  ``out = softmax(scale · q kᵀ + bias, masked) v`` per batch element and head, through the
+  implementation :func:`dispatch_implementation` names. A drop-in replacement for
+  ``jax.nn.dot_product_attention`` (same arguments, positions and keywords; one array back,
+  so ``jax.jit`` and ``jax.vmap`` work), with one documented difference: **a query that
+  sees no key (every key masked, key length 0, outside its window) gets a zero output and
+  zero gradient**, where jax.nn returns the uniform average of all values. Queries beyond
+  ``query_seq_lengths`` are zero in both. ``return_residual`` is not supported.
+
+  Args:
+    query: ``[B, T, N, H]`` or unbatched ``[T, N, H]``.
+    key: ``[B, S, K, H]`` (``[S, K, H]``); ``K < N`` (``N`` a multiple of ``K``) is
+      grouped-query attention: query head ``n`` uses K/V head ``n // (N / K)``.
+    value: ``[B, S, K, Hv]`` (``[S, K, Hv]``).
+    bias: optional additive logits bias of rank <= 4, broadcastable to ``[B, N, T, S]``
+      (lower ranks are left-padded, as jax.nn does).
+    mask: optional bool mask of rank <= 4 broadcastable to ``[B, N, T, S]``; ``True`` =
+      may attend. A float (additive) mask is an error: pass it as ``bias``.
+    scale: logits scale; default ``1 / sqrt(H)``.
+    is_causal: query ``i`` sees keys ``j <= i`` (top-left aligned, as jax.nn).
+    query_seq_lengths: int ``[B]``; outputs of queries ``t >= length`` are zero.
+    key_value_seq_lengths: int ``[B]``; keys ``s >= length`` are masked.
+    local_window_size: ``(left, right)`` or ``w`` for ``(w, w)``: query ``i`` sees keys
+      ``i - left <= j <= i + right``.
+    implementation: ``None`` (choose), ``"xla"`` or ``"cudnn"`` (jax.nn's, corrected for
+      queries with no visible key), or attnlab's ``"soft"`` / ``"chunked"``.
+
+  Returns:
+    ``[B, T, N, Hv]`` (``[T, N, Hv]`` for unbatched inputs) in ``value``'s dtype.
+
+  References:
+    Vaswani et al. 2017; Ainslie et al., "GQA", EMNLP 2023; Dao et al., "FlashAttention",
+    NeurIPS 2022.
+  """
+  call = _prepare(
+    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+    key_value_seq_lengths, local_window_size,
+  )  # fmt: skip
+  choice = _choice(call, implementation, None)
   if choice in (Implementation.CUDNN, Implementation.XLA):
-    return _jax_nn(q, k, v, mask, causal, choice.value), choice
-  if choice is Implementation.CHUNKED:
-    return chunked.multi_head_chunked_attention(q, k, v, mask, causal=causal)[0], choice
-  if causal:
-    causal_1x1xTxS = masks_lib.causal_mask(q_len, k_len)[None, None]
-    mask = causal_1x1xTxS if mask is None else mask & causal_1x1xTxS
-  return multihead.multi_head_soft_attention(q, k, v, mask)[0], choice
+    out = _run_jax_nn(call, choice.value)
+  elif choice is Implementation.CHUNKED:
+
+    def chunked_fn(q, k, v, mask, bias):
+      del bias  # the chunked kernel takes no bias: the choice excludes it
+      return chunked.multi_head_chunked_attention(
+        q, k, v, mask, causal=call.causal, local_window_size=call.window, scale=call.scale
+      )[0]
+
+    if call.bias is not None:
+      raise ValueError("implementation='chunked' does not take a bias; use 'soft' or 'xla'.")
+    out = _over_groups(chunked_fn, call, call.mask)
+  else:
+    score_fn = functools.partial(scores.scaled_dot, scale=call.scale)
+
+    def soft_fn(q, k, v, mask, bias):
+      return multihead.multi_head_soft_attention(q, k, v, mask, score_fn=score_fn, bias=bias)[0]
+
+    out = _over_groups(soft_fn, call, _structural_mask(call))
+  if call.query_valid is not None:
+    out = jnp.where(call.query_valid[:, :, None, None], out, jnp.zeros((), out.dtype))
+  return out[0] if call.unbatched else out

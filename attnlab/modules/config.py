@@ -126,6 +126,8 @@ class TransformerConfig:
     gumbel_temperature: Gumbel-softmax temperature.
     straight_through: straight-through Gumbel-softmax.
     learned_baseline: add a value head on the stop-gradient decoder output.
+    dropout_rate: dropout on the self-attention weights, the embeddings and every
+      sub-layer's output (training only: active when a ``"dropout"`` PRNG stream is given).
     bos_id: first decoder input of greedy decoding.
     eos_id: end-of-sequence token.
   """
@@ -142,6 +144,7 @@ class TransformerConfig:
   gumbel_temperature: float = 1.0
   straight_through: bool = False
   learned_baseline: bool = False
+  dropout_rate: float = 0.0
   bos_id: int = BOS
   eos_id: int = EOS
 

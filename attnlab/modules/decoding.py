@@ -49,10 +49,12 @@ def greedy_decode(
   if mode is EvalMode.SAMPLE and key is None:
     raise ValueError("greedy_decode(mode='sample') needs a PRNG key.")
   rngs = {} if key is None else {"attention": key}
-  return model.apply(
+  # "cache": the Transformer's incremental decoding keeps its key/value caches there.
+  outputs, _ = model.apply(
       params, inputs_BxS, input_lengths_B, max_len=max_len, mode=mode, rngs=rngs,
-      method="greedy",
+      method="greedy", mutable=["cache"],
   )  # fmt: skip
+  return outputs
 
 
 def lengths_from_eos(tokens_BxT: chex.Array, eos_id: int) -> chex.Array:

@@ -1,8 +1,20 @@
 """Model family 2: a small pre-LayerNorm Transformer encoder-decoder (Vaswani et al. 2017).
 
 Sinusoidal positions, soft scaled-dot self-attention, and a cross-attention whose kind
-(soft | hard | gumbel | sparsemax | entmax15) and score come from the config. No dropout:
-the toy tasks are generated fresh every step.
+(soft | hard | gumbel | sparsemax | entmax15) and score come from the config.
+
+Self-attention is Flax's ``MultiHeadDotProductAttention`` computing with
+:func:`attnlab.flax_attention_fn` (parameters ``query``/``key``/``value``/``out``, as
+:class:`attnlab.modules.MultiHeadAttention`'s), which brings two things:
+
+* Dropout (``TransformerConfig.dropout_rate``, default 0): on the self-attention weights and
+  on the embeddings and every sub-layer's output before it joins the residual stream
+  (Vaswani et al. 2017, §5.4). It is active only when a ``"dropout"`` PRNG stream is given
+  (``rngs={"dropout": key}``, as training does) or ``deterministic=False``; evaluation,
+  which passes no such stream, is deterministic.
+* Cached incremental decoding: :meth:`TransformerSeq2Seq.greedy` runs one decoder step per
+  token against a key/value cache of the self-attention (Flax's ``decode`` cache) instead
+  of re-running the causal decoder on the whole prefix; equal to the full recompute.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from attnlab import masks
+from attnlab.flax_interop import flax_attention_fn
 from attnlab.modules.attend import resolve_spec
 from attnlab.modules.attention import AttentionAux, MultiHeadAttention
 from attnlab.modules.config import TransformerConfig
@@ -22,9 +35,10 @@ from attnlab.modules.kinds import EvalMode
 from attnlab.modules.outputs import AttentionRecord, Seq2SeqOutput
 
 
-def sinusoidal_positions(length: int, dim: int) -> chex.Array:
-  """``PE[p, 2i] = sin(p / 10000^(2i/D))``, ``PE[p, 2i+1] = cos(...)``: ``[length, dim]``."""
-  positions_Px1 = jnp.arange(length, dtype=jnp.float32)[:, None]
+def sinusoidal_positions(length: int, dim: int, offset: Any = 0) -> chex.Array:
+  """``PE[p, 2i] = sin(p / 10000^(2i/D))``, ``PE[p, 2i+1] = cos(...)`` for positions
+  ``p = offset, ..., offset + length - 1`` (``offset`` may be traced): ``[length, dim]``."""
+  positions_Px1 = (jnp.arange(length) + offset).astype(jnp.float32)[:, None]
   inv_freq_1xF = jnp.exp(-jnp.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)[None]
   angles_PxF = positions_Px1 * inv_freq_1xF
   table = jnp.stack([jnp.sin(angles_PxF), jnp.cos(angles_PxF)], axis=-1)
@@ -38,9 +52,10 @@ class _Embed(nn.Module):
   dim: int
 
   @nn.compact
-  def __call__(self, tokens_BxT: chex.Array) -> chex.Array:
+  def __call__(self, tokens_BxT: chex.Array, offset: Any = 0) -> chex.Array:
+    """Embeds tokens at positions ``offset, offset + 1, ...``."""
     x_BxTxD = nn.Embed(self.vocab_size, self.dim)(tokens_BxT) * jnp.sqrt(float(self.dim))
-    return x_BxTxD + sinusoidal_positions(tokens_BxT.shape[1], self.dim)[None]
+    return x_BxTxD + sinusoidal_positions(tokens_BxT.shape[1], self.dim, offset)[None]
 
 
 class _Mlp(nn.Module):
@@ -51,37 +66,66 @@ class _Mlp(nn.Module):
     return nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.hidden)(x)))
 
 
+def _deterministic(module: nn.Module, deterministic: bool | None) -> bool:
+  """``deterministic``, or by default: no dropout unless a ``"dropout"`` stream was given."""
+  return not module.has_rng("dropout") if deterministic is None else deterministic
+
+
+def _self_attention(c: TransformerConfig, decode: bool = False) -> nn.Module:
+  """Soft scaled-dot self-attention with attention-weight dropout (and a decoding cache)."""
+  return nn.MultiHeadDotProductAttention(
+    num_heads=c.num_heads,
+    dropout_rate=c.dropout_rate,
+    decode=decode,
+    attention_fn=flax_attention_fn,
+    name="self_attention",
+  )
+
+
 class EncoderLayer(nn.Module):
-  """``x + SelfAttn(LN(x))``, then ``x + MLP(LN(x))``."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x_BxSxD: chex.Array, mask_BxS: chex.Array) -> chex.Array:
-    c = self.config
-    h, _ = MultiHeadAttention(c.num_heads, name="self_attention")(
-      nn.LayerNorm()(x_BxSxD), None, mask_BxS
-    )
-    x_BxSxD = x_BxSxD + h
-    return x_BxSxD + _Mlp(c.mlp_dim)(nn.LayerNorm()(x_BxSxD))
-
-
-class DecoderLayer(nn.Module):
-  """Causal soft self-attention, cross-attention of the configured kind, MLP (pre-LN)."""
+  """``x + Dropout(SelfAttn(LN(x)))``, then ``x + Dropout(MLP(LN(x)))``."""
 
   config: TransformerConfig
 
   @nn.compact
   def __call__(
-    self, y_BxTxD, memory_BxSxD, source_mask_BxS, override, key=None
-  ) -> tuple[Any, AttentionAux]:
+    self, x_BxSxD: chex.Array, mask_BxS: chex.Array, deterministic: bool | None = None
+  ) -> chex.Array:
     c = self.config
-    target_len = y_BxTxD.shape[1]
-    causal_1x1xTxT = masks.causal_mask(target_len, target_len)[None, None]
-    h, _ = MultiHeadAttention(c.num_heads, name="self_attention")(
-      nn.LayerNorm()(y_BxTxD), None, causal_1x1xTxT
+    deterministic = _deterministic(self, deterministic)
+    drop = lambda h: nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    h = _self_attention(c)(
+      nn.LayerNorm()(x_BxSxD), mask=mask_BxS[:, None, None, :], deterministic=deterministic
     )
-    y_BxTxD = y_BxTxD + h
+    x_BxSxD = x_BxSxD + drop(h)
+    return x_BxSxD + drop(_Mlp(c.mlp_dim)(nn.LayerNorm()(x_BxSxD)))
+
+
+class DecoderLayer(nn.Module):
+  """Causal soft self-attention, cross-attention of the configured kind, MLP (pre-LN).
+
+  With ``decode=True`` the self-attention keeps a key/value cache (Flax's ``"cache"``
+  collection; the first call, on the full-length input, creates it) and each later call
+  takes the next single position.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(
+    self, y_BxTxD, memory_BxSxD, source_mask_BxS, override, key=None, *,
+    deterministic: bool | None = None, decode: bool = False,
+  ) -> tuple[Any, AttentionAux]:  # fmt: skip
+    c = self.config
+    deterministic = _deterministic(self, deterministic)
+    drop = lambda h: nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+    target_len = y_BxTxD.shape[1]
+    # With a cache the causal mask is the cache's (positions written so far).
+    causal_1x1xTxT = None if decode else masks.causal_mask(target_len, target_len)[None, None]
+    h = _self_attention(c, decode)(
+      nn.LayerNorm()(y_BxTxD), mask=causal_1x1xTxT, deterministic=deterministic
+    )
+    y_BxTxD = y_BxTxD + drop(h)
     cross = MultiHeadAttention(
         c.num_heads, score=c.score, kind=c.attention, additive_dim=c.additive_dim,
         gumbel_temperature=c.gumbel_temperature, straight_through=c.straight_through,
@@ -90,8 +134,8 @@ class DecoderLayer(nn.Module):
     h, aux = cross(
       nn.LayerNorm()(y_BxTxD), memory_BxSxD, source_mask_BxS, override=override, key=key
     )
-    y_BxTxD = y_BxTxD + h
-    return y_BxTxD + _Mlp(c.mlp_dim)(nn.LayerNorm()(y_BxTxD)), aux
+    y_BxTxD = y_BxTxD + drop(h)
+    return y_BxTxD + drop(_Mlp(c.mlp_dim)(nn.LayerNorm()(y_BxTxD))), aux
 
 
 class TransformerDecoder(nn.Module):
@@ -105,18 +149,28 @@ class TransformerDecoder(nn.Module):
     self.layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
     self.norm = nn.LayerNorm()
     self.output = nn.Dense(c.vocab_size)
+    self.dropout = nn.Dropout(c.dropout_rate)
 
-  def __call__(self, decoder_inputs_BxT, memory_BxSxD, source_mask_BxS, override, key=None):
+  def __call__(
+    self, decoder_inputs_BxT, memory_BxSxD, source_mask_BxS, override, key=None, *,
+    deterministic: bool | None = None, decode: bool = False, position: Any = 0,
+  ):  # fmt: skip
     """Returns ``(hidden [B, T, D], logits [B, T, V], [AttentionAux per layer])``.
 
     Layer ``i`` draws its random choices from ``fold_in(key, i)`` (``key`` may be ``None``
-    for deterministic selections).
+    for deterministic selections). ``decode``: use and update the self-attention caches;
+    ``position`` is then the position of ``decoder_inputs_BxT`` (``[B, 1]``) in the target.
     """
-    y_BxTxD = self.embed(decoder_inputs_BxT)
+    deterministic = _deterministic(self, deterministic)
+    y_BxTxD = self.embed(decoder_inputs_BxT, position)
+    y_BxTxD = self.dropout(y_BxTxD, deterministic=deterministic)
     auxes = []
     for i, layer in enumerate(self.layers):
       layer_key = None if key is None else jax.random.fold_in(key, i)
-      y_BxTxD, aux = layer(y_BxTxD, memory_BxSxD, source_mask_BxS, override, layer_key)
+      y_BxTxD, aux = layer(
+          y_BxTxD, memory_BxSxD, source_mask_BxS, override, layer_key,
+          deterministic=deterministic, decode=decode,
+      )  # fmt: skip
       auxes.append(aux)
     hidden_BxTxD = self.norm(y_BxTxD)
     return hidden_BxTxD, self.output(hidden_BxTxD), auxes
@@ -146,14 +200,18 @@ class TransformerSeq2Seq(nn.Module):
   decoder pass with expected cross-attention in every layer: below the first
   cross-attention the states are the same, above it they follow the soft contexts.
   Position enumeration is not exact here (every layer and head chooses), so
-  ``enumerate_positions=True`` is an error.
+  ``enumerate_positions=True`` is an error. Dropout (``config.dropout_rate``) is on when
+  ``rngs`` has a ``"dropout"`` key or ``deterministic=False`` (see the module docstring).
   """
 
   config: TransformerConfig
 
   def setup(self):
     c = self.config
+    if not 0.0 <= c.dropout_rate < 1.0:
+      raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1), got {c.dropout_rate}.")
     self.embed = _Embed(c.vocab_size, c.model_dim)
+    self.dropout = nn.Dropout(c.dropout_rate)
     self.encoder_layers = [EncoderLayer(c) for _ in range(c.num_encoder_layers)]
     self.encoder_norm = nn.LayerNorm()
     self.decoder = TransformerDecoder(c)
@@ -166,13 +224,17 @@ class TransformerSeq2Seq(nn.Module):
     spec = resolve_spec(self.config.attention, override)
     return self.make_rng("attention") if spec.needs_key else None
 
-  def encode(self, inputs_BxS: chex.Array, input_lengths_B: chex.Array):
+  def encode(
+    self, inputs_BxS: chex.Array, input_lengths_B: chex.Array, deterministic: bool | None = None
+  ):
     """Returns ``(memory [B, S, D], source mask [B, S])``."""
     chex.assert_rank([inputs_BxS, input_lengths_B], [2, 1])
+    deterministic = _deterministic(self, deterministic)
     mask_BxS = masks.padding_mask(input_lengths_B, inputs_BxS.shape[1])
     x_BxSxD = self.embed(inputs_BxS)
+    x_BxSxD = self.dropout(x_BxSxD, deterministic=deterministic)
     for layer in self.encoder_layers:
-      x_BxSxD = layer(x_BxSxD, mask_BxS)
+      x_BxSxD = layer(x_BxSxD, mask_BxS, deterministic)
     return self.encoder_norm(x_BxSxD), mask_BxS
 
   def __call__(
@@ -183,6 +245,7 @@ class TransformerSeq2Seq(nn.Module):
     *,
     attention_override: Any = None,
     enumerate_positions: bool = False,
+    deterministic: bool | None = None,
   ) -> Seq2SeqOutput:
     """Teacher-forced decoding; see the class docstring."""
     c = self.config
@@ -193,13 +256,17 @@ class TransformerSeq2Seq(nn.Module):
       )
     chex.assert_rank(decoder_inputs_BxT, 2)
     key = self._attention_key(attention_override)
-    memory_BxSxD, mask_BxS = self.encode(inputs_BxS, input_lengths_B)
+    deterministic = _deterministic(self, deterministic)
+    memory_BxSxD, mask_BxS = self.encode(inputs_BxS, input_lengths_B, deterministic)
     hidden, logits, auxes = self.decoder(
-      decoder_inputs_BxT, memory_BxSxD, mask_BxS, attention_override, key
-    )
+      decoder_inputs_BxT, memory_BxSxD, mask_BxS, attention_override, key,
+      deterministic=deterministic,
+    )  # fmt: skip
     soft_logits = None
     if resolve_spec(c.attention, attention_override).is_hard:
-      _, soft_logits, _ = self.decoder(decoder_inputs_BxT, memory_BxSxD, mask_BxS, EvalMode.SOFT)
+      _, soft_logits, _ = self.decoder(
+        decoder_inputs_BxT, memory_BxSxD, mask_BxS, EvalMode.SOFT, deterministic=deterministic
+      )
     baseline = None
     if c.learned_baseline:
       value_hidden = jnp.tanh(self.baseline_hidden(jax.lax.stop_gradient(hidden)))
@@ -209,23 +276,37 @@ class TransformerSeq2Seq(nn.Module):
     )
 
   def greedy(
-    self, inputs_BxS: chex.Array, input_lengths_B: chex.Array, *, max_len: int, mode: EvalMode
+    self,
+    inputs_BxS: chex.Array,
+    input_lengths_B: chex.Array,
+    *,
+    max_len: int,
+    mode: EvalMode,
+    cache: bool = True,
   ) -> tuple[chex.Array, chex.Array]:
-    """Free-running decoding (use :func:`attnlab.modules.greedy_decode`).
+    """Free-running decoding (use :func:`attnlab.modules.greedy_decode`); deterministic.
 
-    Step ``t`` reruns the causal decoder on the ``max_len`` prefix buffer and reads
-    position ``t`` (O(max_len²) per step, no cache: sizes here are tiny). The attention
-    key is the same at every step, so the positions sampled for earlier steps never
-    change, and they are those of teacher forcing with the same key.
+    With ``cache`` (and a deterministic selection: ``mode`` soft or argmax) step ``t`` feeds
+    only ``y_t`` through the decoder, against the self-attention key/value caches of the
+    earlier steps (the ``"cache"`` collection must be mutable: ``greedy_decode`` does this);
+    O(max_len) per step. Otherwise (and for ``mode="sample"``) step ``t`` reruns the causal
+    decoder on the ``max_len`` prefix buffer and reads position ``t`` (O(max_len²) per
+    step): the attention key is the same at every step, so the positions sampled for
+    earlier steps never change and they are those of teacher forcing with the same key. Both
+    give the same tokens and weights (tested).
     """
     key = self._attention_key(mode)
-    memory_BxSxD, mask_BxS = self.encode(inputs_BxS, input_lengths_B)
+    memory_BxSxD, mask_BxS = self.encode(inputs_BxS, input_lengths_B, deterministic=True)
     batch = inputs_BxS.shape[0]
     buffer_BxT = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(self.config.bos_id)
+    if cache and key is None:
+      return self._greedy_cached(buffer_BxT, memory_BxSxD, mask_BxS, mode)
 
     def body(decoder, buffer_BxT, t, memory):
       memory_BxSxD, mask_BxS, key = memory
-      _, logits_BxTxV, auxes = decoder(buffer_BxT, memory_BxSxD, mask_BxS, mode, key)
+      _, logits_BxTxV, auxes = decoder(
+        buffer_BxT, memory_BxSxD, mask_BxS, mode, key, deterministic=True
+      )
       next_B = jnp.argmax(logits_BxTxV[:, t], axis=-1).astype(jnp.int32)
       # Write y_{t+1} into slot t+1 (the last step has no slot left: it writes nothing).
       write_BxT = jnp.arange(max_len)[None, :] == t + 1
@@ -242,5 +323,34 @@ class TransformerSeq2Seq(nn.Module):
     )
     _, (tokens_TxB, weights_TxBxS) = scan(
       self.decoder, buffer_BxT, jnp.arange(max_len), (memory_BxSxD, mask_BxS, key)
+    )
+    return tokens_TxB.T, jnp.swapaxes(weights_TxBxS, 0, 1)
+
+  def _greedy_cached(self, buffer_BxT, memory_BxSxD, mask_BxS, mode):
+    """Greedy decoding one token per step against the self-attention caches."""
+    # A decode-mode call on the full-length buffer creates zeroed caches of length max_len
+    # (its output is not used).
+    self.decoder(buffer_BxT, memory_BxSxD, mask_BxS, mode, deterministic=True, decode=True)
+
+    def body(decoder, token_Bx1, t, memory):
+      memory_BxSxD, mask_BxS = memory
+      _, logits_Bx1xV, auxes = decoder(
+          token_Bx1, memory_BxSxD, mask_BxS, mode, deterministic=True, decode=True,
+          position=t,
+      )  # fmt: skip
+      next_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
+      weights_BxS = jnp.mean(auxes[-1].weights[:, :, 0], axis=1)
+      return next_B[:, None], (next_B, weights_BxS)
+
+    scan = nn.scan(
+      body,
+      variable_broadcast="params",
+      variable_carry="cache",
+      split_rngs={"params": False},
+      in_axes=(0, nn.broadcast),
+      out_axes=0,
+    )
+    _, (tokens_TxB, weights_TxBxS) = scan(
+      self.decoder, buffer_BxT[:, :1], jnp.arange(buffer_BxT.shape[1]), (memory_BxSxD, mask_BxS)
     )
     return tokens_TxB.T, jnp.swapaxes(weights_TxBxS, 0, 1)

@@ -165,13 +165,16 @@ def _entropy_bonus(entropy: chex.Array, mask: chex.Array, coefficient: float) ->
 
 
 def _apply(model, params, batch, key, *, enumerate_positions=False):
+  # Training passes: a "dropout" stream too (models with dropout > 0 use it; evaluation,
+  # which does not pass one, stays deterministic).
+  dropout_key = jax.random.fold_in(key, 0x44524F50)  # "DROP"
   return model.apply(
     params,
     batch.inputs,
     batch.input_lengths,
     tasks.decoder_inputs(batch.targets),
     enumerate_positions=enumerate_positions,
-    rngs={"attention": key},
+    rngs={"attention": key, "dropout": dropout_key},
   )
 
 
