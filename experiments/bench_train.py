@@ -169,6 +169,11 @@ def build(name: str, length: int, settings: Settings) -> Bench:
 _NO_NAN = jnp.int32(-1)  # The trainer's nan_at_step when the NaN debug hook is off.
 
 
+def _all_active(bench: Bench) -> jax.Array:
+  """The trainer's per-seed ``active`` flags while no seed has converged."""
+  return jnp.ones(bench.keys.shape[0], bool)
+
+
 def compile_step(bench: Bench) -> tuple[Callable[..., step.TrainState], dict[str, float]]:
   """Lowers and compiles the trainer's step for the bench's shapes.
 
@@ -176,7 +181,9 @@ def compile_step(bench: Bench) -> tuple[Callable[..., step.TrainState], dict[str
     ``(executable, {"lower_s", "compile_s"})`` (wall seconds).
   """
   start = time.perf_counter()
-  lowered = bench.compiled.step.lower(bench.state, bench.batches[0], bench.keys, _NO_NAN)
+  lowered = bench.compiled.step.lower(
+    bench.state, bench.batches[0], bench.keys, _NO_NAN, _all_active(bench)
+  )
   lowered_at = time.perf_counter()
   executable = lowered.compile()
   timings = dict(lower_s=lowered_at - start, compile_s=time.perf_counter() - lowered_at)
@@ -196,7 +203,9 @@ class _Timer:
   def run(self, steps: int) -> None:
     for _ in range(steps):
       batch = self.bench.batches[self.count % len(self.bench.batches)]
-      self.state = self.executable(self.state, batch, self.bench.keys, _NO_NAN)
+      self.state = self.executable(
+        self.state, batch, self.bench.keys, _NO_NAN, _all_active(self.bench)
+      )
       self.count += 1
     jax.block_until_ready(self.state)
 
