@@ -18,6 +18,9 @@ Presets (``arg`` = ``preset[:method,method,...]``):
   default  5 tasks × 9 methods × 3 seeds, each run until it converges (validation exact match
            >= 99% at 2 evaluations in a row) or its task's step budget; ≤ 15 min on a
            2-core CPU.
+  ablation copy and reverse × hard attention with each part of the default architecture
+           changed (position-embedded values, no length embedding, expected-context
+           feedback) × 3 seeds: what each part does (about 10 min on a 2-core CPU).
   smoke    2 tasks × 2 methods × 2 seeds, a few steps each: checks the plumbing in seconds.
   full     every method (sparse normalisers, learned baseline, reward-to-go, Deng et al.'s
            expected-context feedback, ...) × 5 seeds, twice the step budgets; hours on a CPU.
@@ -89,6 +92,7 @@ METHODS = {
   },
   # Relaxed (not straight-through) Gumbel-softmax.
   "gumbel": {"model.attention": "gumbel", "model.rnn.straight_through": False},
+  # --- ablations of the default architecture (hard attention; `ablation` and `full`) ---
   # Deng et al.'s design: the expected (soft) context is fed back into the decoder. A hard
   # model's output then reads a soft summary of the source around its hard choice: compare
   # its alignment with hard_enum's to see the leak.
@@ -96,6 +100,24 @@ METHODS = {
     "model.attention": "hard",
     "estimator.gradient": "enumerate",
     "model.rnn.feedback": "expected",
+  },
+  "reinforce_rloo4_expected_feedback": {
+    "model.attention": "hard",
+    "estimator.baseline": "rloo",
+    "estimator.num_samples": 4,
+    "model.rnn.feedback": "expected",
+  },
+  # Values with a position embedding: a rarely attended position has a rarely trained value.
+  "hard_enum_local_values": {
+    "model.attention": "hard",
+    "estimator.gradient": "enumerate",
+    "model.rnn.value_source": "local",
+  },
+  # No source-length embedding: only the attended value can tell where the target ends.
+  "hard_enum_no_length": {
+    "model.attention": "hard",
+    "estimator.gradient": "enumerate",
+    "model.rnn.init_decoder_from_length": False,
   },
 }
 
@@ -141,6 +163,23 @@ PRESETS = {
     "methods": DEFAULT_METHODS,
     "seeds": (0, 1, 2),
     "num_workers": 2,  # Small models leave the second core idle.
+  },
+  # What each part of the default architecture does for hard attention (copy and reverse).
+  "ablation": {
+    "base_preset": None,
+    "base": {**_DEFAULT_MODEL, "eval_every": 50, "checkpoint_every": 500, "probe_steps": (1, 100)},
+    "task_steps": {"copy": 600, "reverse": 600},
+    "tasks": ("copy", "reverse"),
+    "methods": (
+      "hard_enum",
+      "hard_enum_local_values",
+      "hard_enum_no_length",
+      "hard_enum_expected_feedback",
+      "reinforce_rloo4",
+      "reinforce_rloo4_expected_feedback",
+    ),
+    "seeds": (0, 1, 2),
+    "num_workers": 2,
   },
   "smoke": {
     "base_preset": "smoke",
