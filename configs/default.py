@@ -13,12 +13,14 @@ Run (presets: ``default``, ``smoke``, ``transformer``)::
     --config.model.attention=hard --config.estimator.baseline=rloo \
     --config.estimator.num_samples=4
 
-Re-running a command on the same workdir resumes from its last checkpoint.
+Re-running a command on the same workdir resumes from its last checkpoint (the newest readable
+one); a workdir holding a run of another config is refused, naming the keys that differ.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,7 +34,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # Seed of params, attention samples and the training data stream.
 
   config.task = "copy"  # copy | reverse | sort | recall | addition (attnlab.tasks.TASKS).
-  config.task_overrides = ml_collections.ConfigDict()  # Task fields, e.g. lengths=(1, 8).
+  # The task's fields (attnlab.tasks); None keeps the task's default. Setting a field of
+  # another task is an error. E.g. --config.task_overrides.train_lengths="(1, 8)".
+  config.task_overrides = ml_collections.ConfigDict()
+  fields = config.task_overrides
+  fields.val_fraction = placeholder(float)  # Every task: share of sources held out for val,
+  fields.test_fraction = placeholder(float)  # and for test (default 0.1 each).
+  fields.num_symbols = placeholder(int)  # copy, reverse, sort: alphabet size (10).
+  fields.train_lengths = placeholder(tuple)  # copy, reverse, sort: (1, 12).
+  fields.ood_lengths = placeholder(tuple)  # copy, reverse, sort: OOD lengths (13, 24).
+  fields.num_keys = placeholder(int)  # recall: distinct keys (16).
+  fields.num_values = placeholder(int)  # recall: distinct values (10).
+  fields.train_pairs = placeholder(tuple)  # recall: key-value pairs (2, 8).
+  fields.ood_pairs = placeholder(tuple)  # recall: OOD pairs (9, 16).
+  fields.train_digits = placeholder(tuple)  # addition: digits per operand (1, 3).
+  fields.ood_digits = placeholder(tuple)  # addition: OOD digits (4, 5).
+  fields.gold_operand = placeholder(str)  # addition: none | first | second (none).
 
   config.model = ml_collections.ConfigDict()
   config.model.family = "rnn"  # rnn | transformer: which of the two sections below is used.
@@ -115,6 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 50
   config.eval_size = 256  # Examples in each fixed evaluation set.
   config.eval_seed = 0  # Seed of the evaluation sets (the same for every run).
+  # Cadence, no effect on results: a workdir may be resumed (and a finished run reused) with
+  # other values of these three; every other key must match the workdir's config.json.
   config.log_every = 50  # Progress line (steps/s, ETA) and NaN check every this many steps.
   config.checkpoint_every = 200  # Orbax checkpoint every this many steps, and at the end.
   config.keep_checkpoints = 2  # Checkpoints kept on disk.

@@ -6,6 +6,15 @@ r"""Runs the soft-vs-hard comparison sweep (resumable) and writes results.csv an
     --measure_speedup --speedup_task=copy --speedup_method=soft_additive
 
 Flags only: everything else is in the config (see configs/compare.py).
+
+Rerunning resumes; a run whose saved config differs from the one the sweep would now train
+(finished or not) is moved aside to ``seed_<n>.stale-<k>`` and retrained, one line per group
+naming the changed keys, so the table never reports an earlier config's results as this one's
+(``log_every``, ``checkpoint_every`` and ``keep_checkpoints`` change no result and are not
+compared). One sweep at a time per directory; its worker processes die with it. Exit status:
+0 when every run finished, 1 when a group failed (after the others finished; the last line says
+how many and where their tracebacks are), 2 for bad input (one ``error:`` line, see
+:mod:`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from ml_collections import config_flags
 
 from attnlab.sweep import run as compare
 from attnlab.training import rundir
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Comparison config file (configs/compare.py[:preset]).", lock_config=True
@@ -68,8 +78,8 @@ def main(argv):
     return
   report = compare.run_comparison(_CONFIG.value, workdir, log=print)
   if report.failed:
-    logging.warning("%d group(s) failed; see error.txt in their directories.", len(report.failed))
+    cli.fail(report.failure_line(workdir), cli.RUN_ERROR)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,7 +4,10 @@ r"""Trains one run from a config file; re-running on the same workdir resumes it
     [--config.key=value ...]
 
 Only parses flags: the library (:func:`attnlab.training.loop.train_and_evaluate`) never reads
-them.
+them. Bad input (a misspelled key, a bad value, a missing config file, an unusable workdir, a
+workdir another process is writing or that holds a different config) prints one line
+``error: ...`` and exits with status 2 before anything is compiled; a full disk or a
+non-finite loss prints one line and exits with 1 (see :mod:`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attnlab.training import loop
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Run config file, e.g. configs/default.py:smoke.", lock_config=True
@@ -35,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

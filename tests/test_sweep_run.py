@@ -4,6 +4,10 @@ import csv
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -29,11 +33,16 @@ class FakeTrain:
       raise RuntimeError(f"injected failure on {config.task}")
     for seed, workdir in zip(seeds, workdirs, strict=True):
       os.makedirs(workdir, exist_ok=True)
+      rundir.write_config(workdir, rundir.run_config_dict(config.to_dict(), seed))
       rows = [{"step": s, "val/seq_accuracy": min(1.0, s / (100 + seed))} for s in (50, 100, 150)]
       with open(os.path.join(workdir, rundir.METRICS_FILE), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
       summary = {
         "completed": True,
+        "steps": 150,
+        "steps_trained": 150,
+        "converged": False,
+        "ood/seq_accuracy": 0.0,
         "test/seq_accuracy": 0.9 + 0.01 * seed,
         "steps_to_val_seq_acc_0.9": 100,
         "grad/variance@1": 1e-6,
@@ -281,3 +290,135 @@ def test_num_workers_is_validated(tmp_path):
   config.num_workers = 0
   with pytest.raises(ValueError, match="num_workers=0"):
     run.run_comparison(config, str(tmp_path), train_fn=FakeTrain())
+
+
+def test_rerun_with_a_changed_config_retrains_and_sets_the_old_runs_aside(tmp_path):
+  config = _smoke()
+  _run(config, tmp_path, FakeTrain(), with_plots=False)
+  changed = _smoke()
+  changed.base.optimizer.learning_rate = 0.5
+  fake = FakeTrain()
+  report, lines = _run(changed, tmp_path, fake, with_plots=False)
+  assert len(fake.calls) == 4 and {g.status for g in report.groups} == {"completed"}
+  stale_lines = [line for line in lines if "config changed" in line]
+  assert stale_lines[0] == (
+    "copy/soft_additive: config changed (optimizer.learning_rate: 0.003 in the run, 0.5 now); "
+    "retraining, the earlier run(s) moved to seed_0.stale-1, seed_1.stale-1"
+  )
+  assert len(stale_lines) == 4
+  old = rundir.read_config(rundir.run_dir(str(tmp_path), "copy", "soft_additive", 0) + ".stale-1")
+  assert old["optimizer"]["learning_rate"] == 0.003  # Kept, not deleted.
+  # The table holds the new config's runs only: seed_0.stale-1 is not a seed.
+  assert [r["seed"] for r in _csv_rows(tmp_path)] == ["0", "1"] * 4
+  new = rundir.read_config(rundir.run_dir(str(tmp_path), "copy", "soft_additive", 0))
+  assert new["optimizer"]["learning_rate"] == 0.5
+  # A key that changes no result (log cadence) retrains nothing.
+  changed.base.log_every = 1
+  nothing = FakeTrain()
+  _run(changed, tmp_path, nothing, with_plots=False)
+  assert nothing.calls == []
+
+
+def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path):
+  fake = FakeTrain()
+  with rundir.locked(str(tmp_path), what="sweep"):  # As if another sweep held it.
+    with pytest.raises(rundir.DirectoryLockedError, match=f"in use by pid {os.getpid()} "):
+      _run(_smoke(), tmp_path, fake)
+  assert fake.calls == []
+
+
+def test_task_overrides_of_tasks_outside_the_grid_are_allowed(tmp_path):
+  config = compare_config.get_config("default")  # Step budgets for all five tasks.
+  config.tasks = ("copy",)
+  assert [g.task for g in plan.plan(config, str(tmp_path), validate=False)] == ["copy"] * 9
+  config.task_overrides = {"cpoy": {"steps": 5}}
+  with pytest.raises(ValueError, match=r"unknown task\(s\) \['cpoy'\]"):
+    plan.plan(config, str(tmp_path), validate=False)
+
+
+# A sweep of 4 groups in 2 workers whose training blocks; each worker writes its pid first.
+_BLOCKING_SWEEP = """
+import os, sys, time
+from attnlab.sweep import run
+from configs import compare
+
+def train_forever(config, seeds, workdirs):
+  with open(os.path.join(sys.argv[2], f"worker_{os.getpid()}"), "w"):
+    pass
+  time.sleep(300)
+
+if __name__ == "__main__":
+  config = compare.get_config("smoke")
+  config.num_workers = 2
+  run.run_comparison(config, sys.argv[1], train_fn=train_forever, with_plots=False)
+"""
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # A zombie is dead.
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_die_with_a_killed_sweep(tmp_path):
+  script = tmp_path / "sweep.py"
+  script.write_text(_BLOCKING_SWEEP)
+  pids_dir = tmp_path / "pids"
+  pids_dir.mkdir()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo)
+  sweep = subprocess.Popen(
+    [sys.executable, str(script), str(tmp_path / "sweep"), str(pids_dir)], cwd=repo, env=env
+  )
+  try:
+    deadline = time.monotonic() + 240
+    while len(os.listdir(pids_dir)) < 2 and time.monotonic() < deadline:
+      assert sweep.poll() is None, "the sweep exited early"
+      time.sleep(0.5)
+    workers = [int(name.split("_")[1]) for name in os.listdir(pids_dir)]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+  finally:
+    sweep.kill()  # SIGKILL: the sweep gets no chance to stop its workers itself.
+    sweep.wait(timeout=30)
+  deadline = time.monotonic() + 30
+  while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  orphans = [pid for pid in workers if _alive(pid)]
+  for pid in orphans:
+    os.kill(pid, signal.SIGKILL)
+  assert orphans == []
+
+
+# Starts a grandchild that watches this process (the portable fallback of prctl), prints its
+# pid and exits, orphaning it.
+_ORPHAN_A_WATCHER = """
+import os, subprocess, sys
+watcher = (
+  "import sys, threading, time\\n"
+  "from attnlab.sweep import workers\\n"
+  "threading.Thread(target=workers._exit_when_orphaned, args=(int(sys.argv[1]),)).start()\\n"
+  "time.sleep(120)\\n"
+)
+child = subprocess.Popen(
+  [sys.executable, "-c", watcher, str(os.getpid())], stdout=subprocess.DEVNULL
+)
+print(child.pid, flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_polling_worker_exits_when_orphaned():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  parent = subprocess.run(
+    [sys.executable, "-c", _ORPHAN_A_WATCHER], cwd=repo, capture_output=True, text=True, check=True
+  )
+  watcher = int(parent.stdout.strip())
+  deadline = time.monotonic() + 30
+  while _alive(watcher) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  if _alive(watcher):
+    os.kill(watcher, signal.SIGKILL)
+    pytest.fail("the orphaned watcher kept running")

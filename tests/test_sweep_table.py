@@ -180,8 +180,18 @@ def test_grid_round_trip_through_grid_json_and_unknown_key(tmp_path):
     table.Grid.from_dict({"tasks": [], "methods": [], "seeds": [], "colour": 1})
 
 
+def _corrupt_first_metrics_line(run):
+  path = os.path.join(run, rundir.METRICS_FILE)
+  with open(path) as f:
+    lines = f.read().splitlines()
+  with open(path, "w") as f:
+    f.write("\n".join([lines[0][:12], *lines[1:]]) + "\n")  # A bad line before the last.
+  return path
+
+
 def test_experiments_table_rebuilds_files_and_plots(sweep):
   workdir, _ = sweep
+  bad = _corrupt_first_metrics_line(rundir.run_dir(str(workdir), "copy", "soft", 1))
   result = subprocess.run(
     [sys.executable, "-m", "experiments.table", f"--workdir={workdir}"],
     cwd=_REPO,
@@ -191,5 +201,24 @@ def test_experiments_table_rebuilds_files_and_plots(sweep):
   )
   assert result.returncode == 0, result.stderr
   assert "5/9 runs completed" in result.stdout
+  # The corrupt file is named, with the reason; everything else is still written.
+  assert f"warning: {bad}: line 1 is not JSON" in result.stderr
+  assert "Traceback" not in result.stderr
   for name in (rundir.RESULTS_FILE, rundir.TABLE_FILE, os.path.join(rundir.PLOTS_DIR, "copy.png")):
     assert os.path.getsize(workdir / name) > 0
+
+
+def test_rebuild_lists_unreadable_files_and_skips_summaries_without_results(sweep):
+  workdir, grid = sweep
+  bad = _corrupt_first_metrics_line(rundir.run_dir(str(workdir), "copy", "hard", 0))
+  soft_2 = rundir.run_dir(str(workdir), "copy", "soft", 2)
+  with open(os.path.join(soft_2, rundir.SUMMARY_FILE), "w") as f:
+    json.dump({"completed": True}, f)  # No results: not a completed seed.
+  rebuilt = table.rebuild(str(workdir))
+  assert rebuilt.problems == (
+    f"{bad}: line 1 is not JSON: '{{\"step\": 10,' (left out of the learning curves)",
+  )
+  assert [r["status"] for r in rebuilt.rows][:3] == ["completed", "completed", "incomplete"]
+  with open(rebuilt.table_md) as f:
+    md = _table_row(f.read(), "soft")
+  assert md[2] == "2/3" and md[9] == "99.0 ± 1.4"  # Seeds 0 and 1 only.

@@ -6,11 +6,15 @@ every code path runs: sampled attention, the EMA baseline state, the gradient pr
 checkpoints, heatmaps with sampled positions.
 """
 
+import errno
+import logging
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from attnlab.training import checkpoints, loop, overrides, rundir, step
@@ -136,10 +140,121 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(reference_run, tmp_pa
   assert _untimed(summary) == _untimed(reference_summary)
 
 
-def test_resuming_with_a_different_config_is_refused(reference_run):
-  workdir, _ = reference_run
-  with pytest.raises(ValueError, match=r"different config \(top-level keys \['steps'\]"):
+def test_a_different_config_is_refused_naming_keys_and_values(reference_run):
+  workdir, summary = reference_run
+  assert rundir.read_config(workdir) == rundir.run_config_dict(_config().to_dict(), 0)
+  with pytest.raises(rundir.ConfigMismatchError, match=r"\(steps: 8 in the run, 10 now\)"):
     loop.train_and_evaluate(_config(steps=STEPS + 2), workdir)
+  changed = _config(**{"optimizer.learning_rate": 0.5, "task_overrides.train_lengths": (1, 5)})
+  with pytest.raises(rundir.ConfigMismatchError) as error:
+    loop.train_and_evaluate(changed, workdir)  # A finished run: refused too.
+  assert "optimizer.learning_rate: 0.003 in the run, 0.5 now" in str(error.value)
+  assert "task_overrides.train_lengths: null in the run, [1, 5] now" in str(error.value)
+  # Log and checkpoint cadence change no result: the finished run stands.
+  assert loop.train_and_evaluate(_config(log_every=1, keep_checkpoints=3), workdir) == summary
+
+
+def test_a_workdir_that_another_process_writes_is_refused(reference_run):
+  workdir, _ = reference_run
+  with rundir.locked(workdir):  # As if another process held it.
+    with pytest.raises(rundir.DirectoryLockedError, match=f"{workdir} is in use by pid"):
+      loop.train_and_evaluate(_config(), workdir)
+
+
+def _copy_without_summary(reference_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_dir, workdir)
+  os.remove(os.path.join(workdir, rundir.SUMMARY_FILE))
+  return workdir
+
+
+def _corrupt(step_dir: str, how: str) -> None:
+  data = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(os.path.join(step_dir, "state"))
+    if os.path.basename(root) == "d"
+    for name in names
+  ]
+  assert data, step_dir
+  for path in data:
+    if how == "random bytes":
+      size = os.path.getsize(path)
+      with open(path, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(size))
+    else:
+      os.truncate(path, 10)
+  if how == "missing _METADATA":
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+@pytest.mark.parametrize("how", ["random bytes", "truncated", "missing _METADATA"])
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(
+  reference_run, tmp_path, caplog, how
+):
+  reference_dir, reference_summary = reference_run
+  workdir = _copy_without_summary(reference_dir, tmp_path)
+  bad = os.path.join(workdir, rundir.CHECKPOINTS_DIR, "8")
+  _corrupt(bad, how)
+  resumed_steps = []
+  with caplog.at_level(logging.WARNING):
+    summary = loop.train_seeds(
+      _config(), [0], [workdir], callback=lambda step, rows: resumed_steps.append(step)
+    )[0]
+  assert resumed_steps == [6, 8]  # From the checkpoint at step 4.
+  (warning,) = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()][:1]
+  assert f"checkpoint step 8 at {bad} is unreadable" in warning
+  rows = [_untimed(r) for r in rundir.read_metrics(workdir)]
+  assert rows == [_untimed(r) for r in rundir.read_metrics(reference_dir)]
+  assert _untimed(summary) == _untimed(reference_summary)
+  # Nothing deleted: the unreadable checkpoint was moved aside when step 8 was saved again.
+  assert os.listdir(os.path.join(workdir, rundir.UNREADABLE_CHECKPOINTS_DIR)) == ["8"]
+  assert checkpoints.RunCheckpointer(workdir, 2).all_steps() == [4, 8]
+
+
+@pytest.mark.parametrize("summary_text", ['{"completed": tr', '{"completed": true}'])
+def test_torn_or_incomplete_summary_is_rebuilt_from_the_last_checkpoint(
+  reference_run, tmp_path, summary_text
+):
+  reference_dir, reference_summary = reference_run
+  workdir = _copy_without_summary(reference_dir, tmp_path)
+  with open(os.path.join(workdir, rundir.SUMMARY_FILE), "w") as f:
+    f.write(summary_text)
+  calls = []
+  summary = loop.train_seeds(_config(), [0], [workdir], callback=lambda *a: calls.append(a))[0]
+  assert calls == []  # Restored at the last step: nothing retrained.
+  assert _untimed(summary) == _untimed(reference_summary)
+  assert rundir.is_finished(workdir)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "summary"])
+def test_a_full_disk_names_the_path_and_the_last_good_checkpoint(
+  reference_run, tmp_path, monkeypatch, where
+):
+  reference_dir, _ = reference_run
+  workdir = _copy_without_summary(reference_dir, tmp_path)
+  if where == "checkpoint":  # Resume from step 4; saving step 8 fails.
+    shutil.rmtree(os.path.join(workdir, rundir.CHECKPOINTS_DIR, "8"))
+    failing, path, kept = ocp.CheckpointManager, "save", 4
+    target = os.path.join(os.path.abspath(workdir), rundir.CHECKPOINTS_DIR, "8")
+  else:  # Everything saved; writing summary.json fails.
+    failing, path, kept = os, "replace", 8
+    target = os.path.join(workdir, rundir.SUMMARY_FILE)
+  real = getattr(failing, path)
+
+  def no_space(*args, **kwargs):
+    if where == "checkpoint" or str(args[1]).endswith(rundir.SUMMARY_FILE):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(failing, path, no_space)
+  with pytest.raises(rundir.DiskFullError) as error:
+    loop.train_and_evaluate(_config(), workdir)
+  checkpoints_dir = os.path.join(os.path.abspath(workdir), rundir.CHECKPOINTS_DIR)
+  assert str(error.value) == (
+    f"no space left on device writing {target}"
+    f"; the last good checkpoint is step {kept} in {checkpoints_dir}; free some space, then "
+    "rerun to resume"
+  )
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,13 +1,27 @@
-"""The run directory: atomic writes, the one reading policy, run status, summary keys."""
+"""The run directory: atomic writes, reading policy, status, summary keys, locks, config checks."""
 
+import errno
 import json
 import logging
 import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from attnlab.training import rundir
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Holds a run directory's lock until killed.
+_HOLD_LOCK = """
+import sys, time
+from attnlab.training import rundir
+with rundir.locked(sys.argv[1]):
+  print("locked", flush=True)
+  time.sleep(120)
+"""
 
 
 def _run(tmp_path, seed=0):
@@ -34,9 +48,13 @@ def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path):
     assert json.load(f) == {"a": [2, None], "b": 0.5}  # Standard JSON: NaN becomes null.
 
 
+def _complete_summary():
+  return {key: 0 for key in rundir.REQUIRED_SUMMARY_KEYS} | {rundir.COMPLETED_KEY: True}
+
+
 def test_a_torn_summary_is_an_unfinished_run_and_is_reported(tmp_path, caplog):
   run = _run(tmp_path)
-  rundir.write_summary(run, {rundir.COMPLETED_KEY: True})
+  rundir.write_summary(run, _complete_summary())
   assert rundir.is_finished(run) and rundir.run_status(run, False) is rundir.RunStatus.COMPLETED
   with open(os.path.join(run, rundir.SUMMARY_FILE), "w") as f:
     f.write('{"completed": tr')  # A writer killed half-way (not one of ours: ours rename).
@@ -102,3 +120,116 @@ def test_threshold_and_probe_keys():
     "grad/variance@200",
   ]
   assert rundir.probe_step("grad/variance@50") == 50
+
+
+def test_a_summary_without_required_keys_is_not_a_finished_run(tmp_path, caplog):
+  run = _run(tmp_path)
+  rundir.write_summary(run, {rundir.COMPLETED_KEY: True})  # Hand-edited, or another writer's.
+  with caplog.at_level(logging.WARNING):
+    assert not rundir.is_finished(run)
+  assert os.path.join(run, rundir.SUMMARY_FILE) in caplog.text
+  assert "test/seq_accuracy" in caplog.text and "unfinished" in caplog.text
+  assert rundir.run_status(run, group_failed=False) is rundir.RunStatus.INCOMPLETE
+  rundir.write_summary(run, _complete_summary())
+  assert rundir.is_finished(run)
+
+
+def test_lock_refuses_a_second_writer_naming_the_holder(tmp_path):
+  run = _run(tmp_path)
+  assert rundir.lock_path(run) == os.path.join(run, ".lock")
+  assert rundir.lock_path(run, shard=3) == os.path.join(run, ".lock.shard_3")
+  with rundir.locked(run, what="sweep"):
+    with pytest.raises(rundir.DirectoryLockedError, match=f"in use by pid {os.getpid()} on "):
+      with rundir.locked(run):
+        pass
+    with rundir.locked(run, shard=0):  # Another shard's lock is another file.
+      pass
+  with rundir.locked(run):  # Released on exit.
+    pass
+
+
+def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path):
+  run = _run(tmp_path)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD_LOCK, run], stdout=subprocess.PIPE, text=True, cwd=_REPO
+  )
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(rundir.DirectoryLockedError, match=f"pid {holder.pid} "):
+      with rundir.locked(run):
+        pass
+  finally:
+    holder.kill()  # SIGKILL: no cleanup runs; the kernel drops the flock.
+    holder.wait(timeout=30)
+  with rundir.locked(run):
+    pass
+
+
+def test_config_differences_name_dotted_keys_and_both_values():
+  saved = {"steps": 8, "log_every": 2, "optimizer": {"learning_rate": 0.003, "name": "adam"}}
+  saved["task_overrides"] = {}
+  now = {"steps": 2, "log_every": 1, "optimizer": {"learning_rate": 0.5, "name": "adam"}}
+  now["task_overrides"] = {"train_lengths": None, "num_symbols": None}  # None: the default.
+  differences = rundir.config_differences(saved, now)
+  assert differences == [("optimizer.learning_rate", 0.003, 0.5), ("steps", 8, 2)]
+  assert rundir.describe_differences(differences) == (
+    "optimizer.learning_rate: 0.003 in the run, 0.5 now; steps: 8 in the run, 2 now"
+  )
+  assert "log_every" in rundir.RESULT_NEUTRAL_KEYS  # Cadence changes no result.
+  now["task_overrides"]["train_lengths"] = [1, 5]
+  assert rundir.config_differences(saved, now)[-1] == ("task_overrides.train_lengths", None, [1, 5])
+  assert "and 1 more key(s)" in rundir.describe_differences(differences * 3, limit=5)
+
+
+def test_config_check_of_a_run_directory(tmp_path):
+  run = _run(tmp_path)
+  config = rundir.run_config_dict({"steps": 8, "optimizer": {"learning_rate": 0.003}}, seed=1)
+  assert config["seed"] == 1
+  rundir.check_same_config(run, config)  # No config.json yet: nothing to differ from.
+  rundir.write_config(run, config)
+  rundir.check_same_config(run, dict(config, log_every=5))
+  with pytest.raises(rundir.ConfigMismatchError, match=r"\(seed: 1 in the run, 2 now\)"):
+    rundir.check_same_config(run, dict(config, seed=2))
+
+
+def test_unusable_directories_are_named(tmp_path, monkeypatch):
+  path = tmp_path / "file"
+  path.write_text("x")
+  with pytest.raises(rundir.WorkdirError, match=f"run directory {path} is a file"):
+    rundir.make_dir(str(path))
+  with pytest.raises(rundir.WorkdirError, match=f"cannot create sweep directory {path}/sub"):
+    rundir.make_dir(str(path / "sub"), what="sweep")
+
+  def denied(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(os, "makedirs", denied)
+  with pytest.raises(rundir.WorkdirError, match="cannot create run directory .*: Permission den"):
+    rundir.make_dir(str(tmp_path / "new"))
+
+
+def test_set_aside_renames_to_the_first_free_stale_name(tmp_path):
+  run = _run(tmp_path)
+  assert rundir.set_aside(run) == f"{run}.stale-1"
+  os.makedirs(run)
+  assert rundir.set_aside(run) == f"{run}.stale-2"
+  assert not os.path.exists(run) and rundir.seed_of(os.path.basename(f"{run}.stale-2")) is None
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+  run = _run(tmp_path)
+  rundir.write_summary(run, {"old": 1})
+
+  def no_space(src, dst):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", no_space)
+  summary_path = os.path.join(run, rundir.SUMMARY_FILE)
+  with pytest.raises(rundir.DiskFullError, match=f"no space left on device writing {summary_path}"):
+    rundir.write_summary(run, {"new": 2})
+  monkeypatch.undo()
+  assert sorted(os.listdir(run)) == [rundir.SUMMARY_FILE]  # No temporary file left behind.
+  assert rundir.read_summary(run) == {"old": 1}
+  error = rundir.DiskFullError("/x", "kept")
+  assert str(pickle.loads(pickle.dumps(error))) == "no space left on device writing /x; kept"
+  assert rundir.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... No space left on device"))

@@ -27,9 +27,11 @@ class Group:
     task: task name.
     method: method name.
     seeds: every seed of the group.
-    pending: the seeds without a completed run, trained together.
+    pending: the seeds without a completed run of this config, trained together.
     config: the run config (base config + task + method overrides); ``seed`` is set per run
       by the trainer from ``seeds``.
+    stale: ``(seed, how its config differs)`` for every seed whose run directory holds a run
+      (finished or not) of a different config: it is set aside and trained afresh.
   """
 
   task: str
@@ -37,6 +39,7 @@ class Group:
   seeds: tuple[int, ...]
   pending: tuple[int, ...]
   config: ml_collections.ConfigDict
+  stale: tuple[tuple[int, str], ...] = ()
 
 
 # ---- Planning ---------------------------------------------------------------------------
@@ -111,10 +114,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
   grid = grid_of(config)
   if not isinstance(config.num_workers, int) or config.num_workers < 1:
     raise ValueError(f"config.num_workers={config.num_workers!r} must be an int >= 1.")
-  unknown = sorted(set(config.task_overrides.keys()) - set(grid.tasks))
+  from attnlab import tasks as tasks_lib  # Deferred, as in grid_of.
+
+  # Overrides of tasks outside this grid are unused (--config.tasks=copy keeps the preset's).
+  unknown = sorted(set(config.task_overrides.keys()) - set(tasks_lib.TASKS))
   if unknown:
     raise ValueError(
-      f"config.task_overrides names task(s) {unknown} not in config.tasks {list(grid.tasks)}."
+      f"config.task_overrides names unknown task(s) {unknown}; valid: {sorted(tasks_lib.TASKS)}."
     )
   groups = []
   for task in grid.tasks:
@@ -122,8 +128,22 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
       run = run_config(config, task, method)
       if validate:
         validate_run_config(run, task, method)
+      stale = tuple(_config_changes(run, workdir, task, method, grid.seeds))
+      stale_seeds = {seed for seed, _ in stale}
       pending = tuple(
-        s for s in grid.seeds if not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
+        s
+        for s in grid.seeds
+        if s in stale_seeds or not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
       )
-      groups.append(Group(task, method, grid.seeds, pending, run))
+      groups.append(Group(task, method, grid.seeds, pending, run, stale))
   return groups
+
+
+def _config_changes(run: ml_collections.ConfigDict, workdir, task, method, seeds):
+  """``(seed, how the saved config differs)`` of every run directory holding another config."""
+  config = run.to_dict()
+  for seed in seeds:
+    path = rundir.run_dir(workdir, task, method, seed)
+    change = rundir.stale_config(path, rundir.run_config_dict(config, seed))
+    if change:
+      yield seed, change

@@ -10,7 +10,14 @@
   only its unfinished seeds (the trainer itself resumes an interrupted run from its checkpoint).
 - Failure-isolated: an exception while training a group is caught, its traceback written to
   ``DIR/<task>/<method>/error.txt``, and the sweep goes on; the group shows as ``failed`` in
-  ``results.csv`` and in the final report.
+  ``results.csv`` and in the final report (``experiments.compare`` then exits non-zero).
+- Never stale: a run directory (finished or not) whose ``config.json`` differs from the config
+  the sweep would train now (other than in ``rundir.RESULT_NEUTRAL_KEYS``) is renamed to
+  ``seed_<n>.stale-<k>`` and trained afresh, with one line per group naming the keys and both
+  values; the table never shows an earlier config's results as the current one's.
+- One sweep per directory: the sweep holds ``DIR/.lock`` (``rundir.locked``) and each training
+  process its runs' locks; a second sweep on DIR is refused at once, naming the holder. Worker
+  processes die with the sweep (``attnlab.sweep.workers``), ``kill -9`` included.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import ml_collections
 
-from attnlab.sweep import table
+from attnlab.sweep import table, workers
 from attnlab.sweep.plan import Group, grid_of, plan, run_config, validate_run_config
 from attnlab.training import rundir
 
@@ -83,6 +90,15 @@ class ComparisonReport:
       line += " — failed: " + "; ".join(f"{g.task}/{g.method}: {g.error}" for g in self.failed)
     return line + f". Table: {self.table_md}"
 
+  def failure_line(self, workdir: str) -> str:
+    """``2 group(s) failed (4 run(s)); tracebacks in DIR/copy/soft/error.txt, ...``."""
+    paths = [
+      os.path.join(rundir.group_dir(workdir, g.task, g.method), rundir.ERROR_FILE)
+      for g in self.failed
+    ]
+    runs = sum(len(g.seeds) for g in self.failed)
+    return f"{len(self.failed)} group(s) failed ({runs} run(s)); tracebacks in {', '.join(paths)}"
+
 
 _STATUSES = ("completed", "skipped", "failed")
 
@@ -122,7 +138,10 @@ def _run_group(group: Group, workdir: str, train_fn: TrainFn) -> GroupResult:
     status, error = "completed", ""
   except Exception as e:  # noqa: BLE001 - isolate the failure, report it, go on.
     status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-    rundir.write_error(workdir, group.task, group.method, traceback.format_exc())
+    try:
+      rundir.write_error(workdir, group.task, group.method, traceback.format_exc())
+    except OSError as write_error:  # A full disk, say: the result still reports the failure.
+      error += f" (and {rundir.ERROR_FILE} could not be written: {write_error})"
   seconds = time.perf_counter() - t0
   return GroupResult(group.task, group.method, group.pending, status, seconds, error)
 
@@ -139,7 +158,9 @@ def _results_as_completed(groups, workdir, train_fn, num_workers) -> Iterator[Gr
       yield _run_group(group, workdir, train_fn)
     return
   context = multiprocessing.get_context("spawn")
-  with futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+  with futures.ProcessPoolExecutor(
+    num_workers, mp_context=context, **workers.exit_with_parent_initializer()
+  ) as pool:
     pending = [pool.submit(_run_group, g, workdir, train_fn) for g in groups]
     for future in futures.as_completed(pending):
       yield future.result()
@@ -169,12 +190,42 @@ def run_comparison(
 
   Raises:
     ValueError: an invalid comparison config (before any training).
+    rundir.WorkdirError: ``DIR`` cannot be used, or another sweep holds it
+      (``rundir.DirectoryLockedError``, naming that process).
   """
-  log = log or _log.info
+  groups = plan(config, workdir)  # Checks everything before the directory is touched.
+  rundir.make_dir(workdir, what="sweep")
+  with rundir.locked(workdir, what="sweep"):
+    return _run_planned(groups, config, workdir, train_fn, log or _log.info, with_plots)
+
+
+def _set_aside_stale_runs(groups: Sequence[Group], workdir: str, log) -> None:
+  """Renames run directories that hold another config to ``seed_<n>.stale-<k>``."""
+  for group in groups:
+    if not group.stale:
+      continue
+    moved = [
+      os.path.basename(rundir.set_aside(rundir.run_dir(workdir, group.task, group.method, s)))
+      for s, _ in group.stale
+    ]
+    log(
+      f"{group.task}/{group.method}: config changed ({group.stale[0][1]}); retraining, the "
+      f"earlier run(s) moved to {', '.join(moved)}"
+    )
+
+
+def _run_planned(
+  groups: Sequence[Group],
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  train_fn: TrainFn | None,
+  log: Callable[[str], None],
+  with_plots: bool,
+) -> ComparisonReport:
+  """:func:`run_comparison` once the sweep holds ``DIR``'s lock."""
   start = time.perf_counter()
-  groups = plan(config, workdir)
   train_fn = train_fn or _default_train_fn()
-  os.makedirs(workdir, exist_ok=True)
+  _set_aside_stale_runs(groups, workdir, log)
   grid = dataclasses.replace(
     grid_of(config), hardware=table.hardware_description(), eval_mode=_eval_mode(config)
   )
@@ -216,6 +267,8 @@ def run_comparison(
   results.sort(key=lambda r: order[(r.task, r.method)])
 
   rebuilt = table.rebuild(workdir, grid, with_plots=with_plots)
+  for problem in rebuilt.problems:
+    log(f"warning: {problem}")
   report = ComparisonReport(
     groups=tuple(results),
     seconds=time.perf_counter() - start,

@@ -361,13 +361,35 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_comparison_plots(workdir: str, grid: Grid) -> list[str]:
-  """``DIR/plots/<task>.png``: validation accuracy, loss and gradient variance per method."""
+def _readable_metrics(run: str, problems: list[str] | None) -> list[dict]:
+  """The run's metrics rows; none (and a line in ``problems``) if ``metrics.jsonl`` is corrupt."""
+  try:
+    return rundir.read_metrics(run)
+  except ValueError as e:
+    if problems is None:
+      raise
+    problems.append(f"{e} (left out of the learning curves)")
+    return []
+
+
+def write_comparison_plots(
+  workdir: str, grid: Grid, problems: list[str] | None = None
+) -> list[str]:
+  """``DIR/plots/<task>.png``: validation accuracy, loss and gradient variance per method.
+
+  Args:
+    workdir: the sweep directory.
+    grid: the tasks, methods and seeds to plot.
+    problems: if given, a run whose ``metrics.jsonl`` is corrupt is left out and a line
+      naming it is appended here (otherwise its ``ValueError`` propagates).
+  """
   paths = []
   for task in grid.tasks:
     runs_by_method = {}
     for method in grid.methods:
-      runs = [rundir.read_metrics(rundir.run_dir(workdir, task, method, s)) for s in grid.seeds]
+      runs = [
+        _readable_metrics(rundir.run_dir(workdir, task, method, s), problems) for s in grid.seeds
+      ]
       runs_by_method[method] = [r for r in runs if r]
     if not any(runs_by_method.values()):
       continue
@@ -378,12 +400,14 @@ def write_comparison_plots(workdir: str, grid: Grid) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Rebuilt:
-  """Files written by :func:`rebuild`."""
+  """Files written by :func:`rebuild`, and what could not be read (``problems``: one line each,
+  naming the file and the reason)."""
 
   results_csv: str
   table_md: str
   plots: tuple[str, ...]
   rows: tuple[dict, ...]
+  problems: tuple[str, ...] = ()
 
 
 def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) -> Rebuilt:
@@ -395,7 +419,9 @@ def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) 
     with_plots: also write ``DIR/plots/<task>.png``.
 
   Returns:
-    :class:`Rebuilt` with the paths and the rows.
+    :class:`Rebuilt` with the paths, the rows and the problems: a corrupt ``metrics.jsonl`` is
+    left out of the plots (and listed) rather than stopping the rebuild; an unreadable or
+    incomplete ``summary.json`` makes its run unfinished (logged by ``rundir``).
   """
   grid = grid or discover_grid(workdir)
   rows = collect_results(workdir, grid)
@@ -406,5 +432,6 @@ def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) 
     os.path.join(workdir, rundir.TABLE_FILE),
     text + f"\n_Built {stamp} from {len(rows)} run directories._\n",
   )
-  plot_paths = tuple(write_comparison_plots(workdir, grid)) if with_plots else ()
-  return Rebuilt(csv_path, md_path, plot_paths, tuple(rows))
+  problems: list[str] = []
+  plot_paths = tuple(write_comparison_plots(workdir, grid, problems)) if with_plots else ()
+  return Rebuilt(csv_path, md_path, plot_paths, tuple(rows), tuple(problems))

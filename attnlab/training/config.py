@@ -29,6 +29,7 @@ the marginal enumerates, and no sample is drawn.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -190,6 +191,8 @@ def _number(path: str, value: Any, kind: type, *, low=None, high=None) -> Any:
   ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
   if isinstance(value, bool) or not ok_type:
     raise ConfigError(f"config.{path}={value!r} is invalid; expected {kind.__name__}.")
+  if not math.isfinite(value):
+    raise ConfigError(f"config.{path}={value!r} is invalid; expected a finite {kind.__name__}.")
   if (low is not None and value < low) or (high is not None and value > high):
     bounds = f"in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
     raise ConfigError(f"config.{path}={value!r} is invalid; expected {kind.__name__} {bounds}.")
@@ -228,6 +231,8 @@ def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: b
       value = _choice(path, value, type(default))
     elif isinstance(value, (list, tuple)):
       value = tuple(value)
+    elif isinstance(value, float):
+      value = _number(path, value, float)
     kwargs[key] = value
   vocab_size = task.vocab_size
   max_source_len = kwargs.get("max_source_len")
@@ -350,8 +355,12 @@ def _train_config(read: _Reader) -> TrainConfig:
 def _task(read: _Reader):
   name = read("task")
   fields = read("task_overrides")
+  # None (configs/default.py lists every task's fields so) means the task's default.
   fields = dict(fields.items()) if fields is not None else {}
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if v is not None}
+  for key, value in fields.items():
+    if isinstance(value, float):
+      _number(f"task_overrides.{key}", value, float)
   try:
     return tasks.get_task(name, **fields)
   except (TypeError, ValueError) as e:

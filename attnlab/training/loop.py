@@ -82,19 +82,7 @@ def _stochastic_gradient(run: config_lib.RunConfig) -> bool:
 
 
 def _seed_config_dict(config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:
-  config_dict = config.to_dict()
-  config_dict["seed"] = int(seed)
-  return rundir.to_json_value(config_dict)
-
-
-def _check_same_config(workdir: str, config_dict: dict[str, Any]) -> None:
-  saved = rundir.read_config(workdir)
-  if saved is not None and saved != config_dict:
-    changed = sorted(k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k))
-    raise ValueError(
-      f"{workdir} holds a run of a different config (top-level keys {changed} differ); "
-      f"resuming it would mix two experiments. Use a new workdir."
-    )
+  return rundir.run_config_dict(config.to_dict(), seed)
 
 
 def _summary(
@@ -192,8 +180,16 @@ def train_seeds(
   Returns:
     The summaries, one per seed.
 
+  Faults (:mod:`attnlab.training.rundir`, :mod:`attnlab.training.checkpoints`): one process
+  at a time writes a workdir (its lock); a workdir that holds a run of a different config is
+  refused, finished or not; an unreadable newest checkpoint falls back to an older one.
+
   Raises:
     ConfigError: an invalid config (before anything is compiled).
+    rundir.WorkdirError: a workdir that cannot be used, that another process holds
+      (``DirectoryLockedError``) or that holds another config (``ConfigMismatchError``);
+      before anything is compiled.
+    rundir.DiskFullError: the disk filled up; names the path and the last good checkpoint.
     FloatingPointError: a non-finite loss or gradient norm; names the step, metric and seed.
   """
   run = config_lib.parse_config(config)
@@ -204,9 +200,16 @@ def train_seeds(
   if len(set(workdirs)) != len(workdirs) or len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds and workdirs must be distinct; got {seeds}, {workdirs}.")
   config_dicts = [_seed_config_dict(config, s) for s in seeds]
+  for workdir in workdirs:
+    rundir.make_dir(workdir)
+  with rundir.locked(*workdirs):
+    return _train_locked(run, config_dicts, seeds, workdirs, callback, loss_fn)
+
+
+def _train_locked(run, config_dicts, seeds, workdirs, callback, loss_fn):
+  """:func:`train_seeds` once this process holds every workdir's lock."""
   for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
-    os.makedirs(workdir, exist_ok=True)
-    _check_same_config(workdir, config_dict)
+    rundir.check_same_config(workdir, config_dict)
   if all(rundir.is_finished(w) for w in workdirs):
     _log.info("already completed, not retrained: %s", workdirs)
     return [rundir.read_summary(w) for w in workdirs]
@@ -217,6 +220,10 @@ def train_seeds(
   checkpointers = [checkpoints.RunCheckpointer(w, run.train.keep_checkpoints) for w in workdirs]
   try:
     return _train_loop(run, compiled, seeds, workdirs, checkpointers, callback)
+  except OSError as e:
+    if rundir.is_disk_full(e):
+      raise checkpoints.disk_full_error(e, checkpointers) from e
+    raise
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
@@ -254,9 +261,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   clock = time.perf_counter()
   state = step_lib.init_states(compiled, base_keys, batch_at(0))
   histories = [_new_history() for _ in seeds]
-  start = checkpoints.latest_common_step(checkpointers)
+  start, restored = checkpoints.restore_newest(checkpointers, step_lib.seed_slice(state, 0))
   if start is not None:
-    restored = [c.restore(start, step_lib.seed_slice(state, 0)) for c in checkpointers]
     state = step_lib.stack_seeds([s for s, _ in restored])
     histories = [dict(_new_history(), **h) for _, h in restored]
     _log.info("resuming %d run(s) from step %d", len(seeds), start)

@@ -7,6 +7,7 @@ config's keys with :func:`flatten` too.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -77,7 +78,7 @@ def apply_overrides(
     ValueError: a key that ``base`` does not have (the message lists the valid keys), or a
       value of the wrong type for its key.
   """
-  config = ml_collections.ConfigDict(base.to_dict())
+  config = copy.deepcopy(base)  # Keeps typed placeholders (None fields that a flag may set).
   valid = sorted(k for k, _ in flatten(base))
   for dotted, value in flatten(overrides):
     *parents, leaf = dotted.split(".")

@@ -4,12 +4,17 @@ The trainer writes runs, the sweep reads them; both go through this module only:
 
   SWEEP/grid.json                        what the sweep asked for (tasks, methods, seeds, ...)
   SWEEP/<task>/<method>/seed_<n>/        one run (RUN), see :func:`run_dir`:
+      .lock                              held by the one process writing the run (see below)
       config.json                        the resolved run config
       metrics.jsonl                      one JSON object per evaluation, appended as it goes
       summary.json                       written once the run has finished
       checkpoints/                       orbax (:mod:`attnlab.training.checkpoints`)
+      checkpoints.unreadable/            checkpoints that failed to restore, set aside
       heatmaps.png, learning_curve.png
   SWEEP/<task>/<method>/error.txt        traceback, when training that group failed
+  SWEEP/<task>/<method>/seed_<n>.stale-<k>/  a run of an earlier config, set aside by a sweep
+  SWEEP/.lock                            held by the one sweep writing SWEEP (per shard: see
+                                         :func:`lock_path`)
   SWEEP/results.csv, SWEEP/table.md      built from the runs (:mod:`attnlab.sweep.table`)
   SWEEP/plots/<task>.png
 
@@ -24,21 +29,47 @@ Reading, one policy everywhere: a missing file is absent; an unreadable JSON fil
 corrupt) is logged as a warning and treated as absent, so a torn ``summary.json`` marks the run
 unfinished (the trainer resumes it, a sweep retrains it) instead of crashing the reader; the
 last line of ``metrics.jsonl`` may be torn by a crash mid-append and is skipped, while a bad
-line before it is corruption and raises.
+line before it is corruption and raises. A finished run's ``summary.json`` must hold
+:data:`REQUIRED_SUMMARY_KEYS`; one that does not (``{"completed": true}`` alone, say) is reported
+and the run counts as unfinished, so a table never averages over seeds that have no numbers.
+
+One writer per directory: :func:`locked` holds an exclusive ``fcntl.flock`` on ``DIR/.lock``
+(which names the holder: pid, host, start time). A second process is refused at once with
+:class:`DirectoryLockedError` naming the holder; the kernel drops the lock when its process dies
+(``kill -9`` included), so a lock left by a killed process never blocks a rerun. (Network
+filesystems may not propagate ``flock`` between hosts; without ``fcntl`` nothing is locked.)
+
+The config a run directory holds (``config.json``) is compared key by key with the config about
+to use it (:func:`config_differences`): a different one is refused (:func:`check_same_config`,
+:class:`ConfigMismatchError`), naming the dotted keys and both values, finished runs included.
+Keys that change no result (:data:`RESULT_NEUTRAL_KEYS`: log and checkpoint cadence) are exempt.
+
+Failures name their path in one line: an unusable directory raises :class:`WorkdirError`
+(:func:`make_dir`), a full disk :class:`DiskFullError` (the temporary file is removed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from attnlab.enums import Choice
+from attnlab.training import overrides
+
+try:
+  import fcntl
+except ImportError:  # Not POSIX: directories are not locked.
+  fcntl = None
 
 # In a run directory.
 CONFIG_FILE = "config.json"
@@ -54,15 +85,70 @@ TABLE_FILE = "table.md"
 PLOTS_DIR = "plots"
 ERROR_FILE = "error.txt"
 SPEEDUP_FILE = "speedup.json"
+LOCK_FILE = ".lock"
+UNREADABLE_CHECKPOINTS_DIR = "checkpoints.unreadable"  # Unreadable checkpoints, set aside.
 _SEED_PREFIX = "seed_"
+_STALE_SUFFIX = ".stale-"
 
-# Summary keys. A finished run's summary.json says COMPLETED_KEY: true.
+# Summary keys. A finished run's summary.json says COMPLETED_KEY: true and holds every
+# REQUIRED_SUMMARY_KEYS key (the trainer always writes them; the table reports them).
 COMPLETED_KEY = "completed"
+REQUIRED_SUMMARY_KEYS = (
+  COMPLETED_KEY,
+  "steps",
+  "steps_trained",
+  "converged",
+  "test/seq_accuracy",
+  "ood/seq_accuracy",
+)
+# Config keys that change no result: a run resumes, and a finished run counts as done, under
+# other values of these (see configs/default.py).
+RESULT_NEUTRAL_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
 # Validation exact-sequence accuracies whose first crossing the summary reports.
 THRESHOLDS = (0.9, 0.99)
 THRESHOLD_METRIC = "val/seq_accuracy"
 
 _log = logging.getLogger(__name__)
+
+
+class WorkdirError(ValueError):
+  """A run or sweep directory that cannot be used; the message names it and why."""
+
+
+class DirectoryLockedError(WorkdirError):
+  """Another process holds the directory's lock; the message names that process."""
+
+
+class ConfigMismatchError(WorkdirError):
+  """The directory holds a run of another config; the message names the keys and values."""
+
+
+class DiskFullError(OSError):
+  """No space left on the device while writing ``path`` (the message says what is kept)."""
+
+  def __init__(self, path: str, detail: str = ""):
+    message = f"no space left on device writing {path}" + (f"; {detail}" if detail else "")
+    super().__init__(errno.ENOSPC, message)
+    self.path, self.detail = path, detail
+
+  def __str__(self) -> str:
+    return self.strerror
+
+  def __reduce__(self):  # Pickles (to and from worker processes) with its own arguments.
+    return type(self), (self.path, self.detail)
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error`` (or an exception it was raised from) reports ENOSPC."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):  # e.g. tensorstore's errors (ValueError).
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class RunStatus(Choice):
@@ -93,6 +179,104 @@ def seed_of(run_dir_name: str) -> int | None:
   return int(digits) if run_dir_name.startswith(_SEED_PREFIX) and digits.isdigit() else None
 
 
+def lock_path(directory: str, shard: int | None = None) -> str:
+  """``DIR/.lock``, or ``DIR/.lock.shard_<k>`` for shard ``k`` of a sharded sweep."""
+  name = LOCK_FILE if shard is None else f"{LOCK_FILE}.shard_{int(shard)}"
+  return os.path.join(directory, name)
+
+
+def make_dir(path: str, what: str = "run") -> str:
+  """Creates directory ``path`` (and its parents) if needed and checks it is writable.
+
+  Returns:
+    ``path``.
+
+  Raises:
+    WorkdirError: ``path`` (or a parent) is a file, or cannot be created or written; the
+      message names the path and the reason.
+  """
+  try:
+    os.makedirs(path, exist_ok=True)
+  except FileExistsError:
+    raise WorkdirError(f"{what} directory {path} is a file, not a directory.") from None
+  except OSError as e:
+    raise WorkdirError(f"cannot create {what} directory {path}: {e.strerror or e}.") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"{what} directory {path} is not writable (permission denied).")
+  return path
+
+
+def set_aside(run: str) -> str:
+  """Renames run directory ``run`` to ``<run>.stale-<k>`` (the first free ``k``); its path.
+
+  Holds the run's lock while renaming, so a run that another process is writing is refused
+  (:class:`DirectoryLockedError`) rather than moved under it.
+  """
+  k = 1
+  while os.path.exists(f"{run}{_STALE_SUFFIX}{k}"):
+    k += 1
+  with locked(run):
+    os.rename(run, f"{run}{_STALE_SUFFIX}{k}")
+  return f"{run}{_STALE_SUFFIX}{k}"
+
+
+# ---- One writer per directory -----------------------------------------------------------
+
+
+class _DirLock:
+  """An exclusive ``flock`` on one lock file, naming its holder in the file."""
+
+  def __init__(self, path: str, directory: str, what: str):
+    self.path, self.directory, self.what = path, directory, what
+    self._fd: int | None = None
+
+  def __enter__(self) -> _DirLock:
+    if fcntl is None:
+      return self
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      raise DirectoryLockedError(
+        f"{self.directory} is in use by {holder} (lock {self.path}): one {self.what} at a "
+        "time may write it; wait for that process to finish, or stop it."
+      ) from None
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    holder = f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder.encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)  # The file stays: unlinking it would race.
+      os.close(self._fd)
+      self._fd = None
+
+
+@contextlib.contextmanager
+def locked(*directories: str, what: str = "run", shard: int | None = None) -> Iterator[None]:
+  """Holds the exclusive lock of every directory (existing ones) while the block runs.
+
+  Args:
+    *directories: run or sweep directories.
+    what: what the lock protects, for the message ("run", "sweep").
+    shard: lock the file of this shard of a sharded sweep (see :func:`lock_path`).
+
+  Raises:
+    DirectoryLockedError: another process holds one of the locks; the message names it.
+  """
+  with contextlib.ExitStack() as stack:
+    for directory in directories:
+      stack.enter_context(_DirLock(lock_path(directory, shard), directory, what))
+    yield
+
+
 # ---- Writing ----------------------------------------------------------------------------
 
 
@@ -120,9 +304,16 @@ def write_text(path: str, text: str) -> str:
     ``path``.
   """
   tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", newline="") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    if is_disk_full(e):
+      raise DiskFullError(path) from e
+    raise
   return path
 
 
@@ -156,9 +347,15 @@ def write_metrics(run: str, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def append_metrics(run: str, row: Mapping[str, Any]) -> None:
-  """Appends one evaluation row to ``RUN/metrics.jsonl``."""
-  with open(os.path.join(run, METRICS_FILE), "a") as f:
-    f.write(_json_line(row))
+  """Appends one evaluation row to ``RUN/metrics.jsonl`` (a torn line is rewritten on resume)."""
+  path = os.path.join(run, METRICS_FILE)
+  try:
+    with open(path, "a") as f:
+      f.write(_json_line(row))
+  except OSError as e:
+    if is_disk_full(e):
+      raise DiskFullError(path) from e
+    raise
 
 
 def write_error(sweep: str, task: str, method: str, text: str) -> str:
@@ -249,9 +446,73 @@ def read_error_line(sweep: str, task: str, method: str) -> str | None:
 
 
 def is_finished(run: str) -> bool:
-  """True iff ``RUN/summary.json`` is readable and says ``completed: true``."""
+  """True iff ``RUN/summary.json`` is readable, says ``completed: true`` and holds every
+  :data:`REQUIRED_SUMMARY_KEYS` key (a completed one that lacks some is reported)."""
   summary = read_summary(run)
-  return summary is not None and summary.get(COMPLETED_KEY) is True
+  if summary is None or summary.get(COMPLETED_KEY) is not True:
+    return False
+  missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in summary]
+  if missing:
+    _log.warning(
+      "ignoring %s (the run counts as unfinished): no %s",
+      os.path.join(run, SUMMARY_FILE),
+      ", ".join(missing),
+    )
+  return not missing
+
+
+# ---- The config a run directory holds ---------------------------------------------------
+
+
+def run_config_dict(config: Mapping[str, Any], seed: int) -> dict[str, Any]:
+  """What ``RUN/config.json`` holds for a run of ``config`` (a plain dict) with ``seed``."""
+  return to_json_value(dict(config, seed=int(seed)))
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+  # None and {} mean "default" (e.g. task_overrides); absent keys mean the same.
+  flat = dict(overrides.flatten(config))
+  return {
+    k: v for k, v in flat.items() if v is not None and v != {} and k not in RESULT_NEUTRAL_KEYS
+  }
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple]:
+  """``(dotted_key, saved_value, current_value)`` for every key whose values differ.
+
+  Keys in :data:`RESULT_NEUTRAL_KEYS` are not compared; a key set to ``None`` (the default)
+  equals a key that is absent.
+  """
+  saved, current = _comparable(saved), _comparable(current)
+  keys = sorted(set(saved) | set(current))
+  return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
+
+
+def describe_differences(differences: Sequence[tuple], limit: int = 4) -> str:
+  """``steps: 8 in the run, 2 now; optimizer.learning_rate: ...`` (at most ``limit`` keys)."""
+  shown = [f"{k}: {json.dumps(a)} in the run, {json.dumps(b)} now" for k, a, b in differences]
+  more = len(shown) - limit
+  return "; ".join(shown[:limit]) + (f"; and {more} more key(s)" if more > 0 else "")
+
+
+def stale_config(run: str, config_dict: Mapping[str, Any]) -> str | None:
+  """How ``RUN/config.json`` differs from ``config_dict`` (one line); None if it does not.
+
+  A run directory without a readable ``config.json`` holds no config to differ from.
+  """
+  saved = read_config(run)
+  differences = config_differences(saved, config_dict) if saved is not None else []
+  return describe_differences(differences) if differences else None
+
+
+def check_same_config(run: str, config_dict: Mapping[str, Any]) -> None:
+  """Raises :class:`ConfigMismatchError` if ``run`` holds a run of a different config."""
+  differences = stale_config(run, config_dict)
+  if differences:
+    raise ConfigMismatchError(
+      f"{run} holds a run of a different config ({differences}); reusing it would mix two "
+      f"experiments: use a new workdir, or the config in {os.path.join(run, CONFIG_FILE)}."
+    )
 
 
 def run_status(run: str, group_failed: bool) -> RunStatus:
