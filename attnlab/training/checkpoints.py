@@ -9,6 +9,13 @@ Seeds trained together (vmapped) are saved one slice per workdir, so every workd
 self-contained single-seed run; :func:`latest_common_step` picks the step all of them have.
 Saves are synchronous: a save has finished on disk before training goes on, so an
 interruption can never leave the only checkpoint half-written.
+
+Many devices, many processes: the loop saves each seed's slice replicated over the mesh
+(``Layout.seed_slice``) and restores into a replicated template of the current mesh, so a
+checkpoint written on any device or process count restores on any other (tested: 2 processes
+x 2 devices -> 1 device). Save and restore are collective: in a ``jax.distributed`` program
+every process calls them (orbax writes each array once and syncs the processes); the workdir
+must then be on a filesystem every process sees.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ The trainer writes runs, the sweep reads them; both go through this module only:
   SWEEP/<task>/<method>/error.txt        traceback, when training that group failed
   SWEEP/results.csv, SWEEP/table.md      built from the runs (:mod:`attnlab.sweep.table`)
   SWEEP/plots/<task>.png
+  SWEEP/shards/shard_<i>_of_<n>.json     what shard i of a sharded sweep did (its only own file)
 
 Writing: every whole file is written to a temporary file named after it and the writing
 process (``<file>.<pid>.tmp``), then renamed over it (``os.replace``), so a reader sees the old
@@ -54,6 +55,7 @@ TABLE_FILE = "table.md"
 PLOTS_DIR = "plots"
 ERROR_FILE = "error.txt"
 SPEEDUP_FILE = "speedup.json"
+SHARDS_DIR = "shards"
 _SEED_PREFIX = "seed_"
 
 # Summary keys. A finished run's summary.json says COMPLETED_KEY: true.
@@ -85,6 +87,11 @@ def group_dir(sweep: str, task: str, method: str) -> str:
 def run_dir(sweep: str, task: str, method: str, seed: int) -> str:
   """``SWEEP/<task>/<method>/seed_<n>``: where one run of a sweep writes its outputs."""
   return os.path.join(group_dir(sweep, task, method), f"{_SEED_PREFIX}{int(seed)}")
+
+
+def shard_status_path(sweep: str, index: int, count: int) -> str:
+  """``SWEEP/shards/shard_<index>_of_<count>.json``: the status file of one sweep shard."""
+  return os.path.join(sweep, SHARDS_DIR, f"shard_{int(index)}_of_{int(count)}.json")
 
 
 def seed_of(run_dir_name: str) -> int | None:
