@@ -4,6 +4,9 @@ r"""Runs the soft-vs-hard comparison sweep (resumable) and writes results.csv an
   # How much vmapping seeds together saves, on one (task, method):
   python -m experiments.compare --config=configs/compare.py --workdir=/tmp/speedup \
     --measure_speedup --speedup_task=copy --speedup_method=soft_additive
+  # Shard I of N (e.g. a SLURM array task); then, once all are done, experiments.table:
+  python -m experiments.compare --config=configs/compare.py --workdir=DIR \
+    --shard_index=I --num_shards=N
 
 Flags only: everything else is in the config (see configs/compare.py).
 
@@ -25,6 +28,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from attnlab.sweep import plan
 from attnlab.sweep import run as compare
 from attnlab.training import rundir
 from experiments import cli
@@ -44,6 +48,15 @@ _JAX_CACHE_DIR = flags.DEFINE_string(
   "Persistent XLA compilation cache (default DIR/.jax_cache; '' disables). Groups that share"
   " shapes (copy, reverse, sort) and reruns then skip most compilation.",
 )
+_SHARD_INDEX = flags.DEFINE_integer(
+  "shard_index", 0, "Run shard I of --num_shards: the groups g (plan order) with g % N == I."
+)
+_NUM_SHARDS = flags.DEFINE_integer(
+  "num_shards",
+  1,
+  "Shards of the sweep. With N > 1 a shard writes only its runs and DIR/shards/; build the "
+  "table with python -m experiments.table --workdir=DIR once all shards are done.",
+)
 _SPEEDUP_TASK = flags.DEFINE_string("speedup_task", "copy", "Task for --measure_speedup.")
 _SPEEDUP_METHOD = flags.DEFINE_string(
   "speedup_method", "soft_additive", "Method for --measure_speedup."
@@ -55,11 +68,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = _WORKDIR.value
+  shard = plan.Shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
   # The sweep reports one line per group; the trainer's and orbax's INFO lines would bury it.
   logging.set_verbosity(logging.WARNING)
   cache_dir = _JAX_CACHE_DIR.value
   if cache_dir is None:
-    cache_dir = os.path.join(workdir, ".jax_cache")
+    # One cache per shard: concurrent shards never write the same file.
+    name = "" if shard.is_whole else f"shard_{shard.index}_of_{shard.count}"
+    cache_dir = os.path.join(workdir, ".jax_cache", name)
   if cache_dir:
     # Environment variables too, so that spawned worker processes share the cache.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
@@ -76,7 +92,7 @@ def main(argv):
     )  # fmt: skip
     rundir.write_json(os.path.join(workdir, rundir.SPEEDUP_FILE), result)
     return
-  report = compare.run_comparison(_CONFIG.value, workdir, log=print)
+  report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard)
   if report.failed:
     cli.fail(report.failure_line(workdir), cli.RUN_ERROR)
 

@@ -42,6 +42,42 @@ class Group:
   stale: tuple[tuple[int, str], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Which deterministic part of a sweep one launch runs: shard ``index`` of ``count``.
+
+  Group ``i`` of :func:`plan` (plan order: tasks outermost, methods inside, finished groups
+  included) belongs to shard ``i % count``, so the assignment depends on the config only, never
+  on what has finished: ``count`` shards started at once on one sweep directory (a shared
+  filesystem) train disjoint groups, each into its own run directories. ``Shard()`` (0 of 1) is
+  the whole sweep.
+  """
+
+  index: int = 0
+  count: int = 1
+
+  def __post_init__(self):
+    for name in ("index", "count"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"shard {name}={value!r} must be an int.")
+    if self.count < 1 or not 0 <= self.index < self.count:
+      raise ValueError(
+        f"shard index={self.index}, count={self.count}: need count >= 1 and 0 <= index < count."
+      )
+
+  @property
+  def is_whole(self) -> bool:
+    return self.count == 1
+
+  def select(self, groups: Sequence[Group]) -> list[Group]:
+    """The groups of this shard, in plan order."""
+    return [g for i, g in enumerate(groups) if i % self.count == self.index]
+
+  def __str__(self) -> str:
+    return f"shard {self.index} of {self.count}"
+
+
 # ---- Planning ---------------------------------------------------------------------------
 
 

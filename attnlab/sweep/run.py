@@ -15,9 +15,16 @@
   the sweep would train now (other than in ``rundir.RESULT_NEUTRAL_KEYS``) is renamed to
   ``seed_<n>.stale-<k>`` and trained afresh, with one line per group naming the keys and both
   values; the table never shows an earlier config's results as the current one's.
-- One sweep per directory: the sweep holds ``DIR/.lock`` (``rundir.locked``) and each training
-  process its runs' locks; a second sweep on DIR is refused at once, naming the holder. Worker
+- One sweep per directory: the sweep holds ``DIR/.lock`` (a shard ``DIR/.lock.shard_<i>``;
+  ``rundir.locked``) and each training process its runs' locks; a second sweep (or the same
+  shard twice) on DIR is refused at once, naming the holder. Worker
   processes die with the sweep (``attnlab.sweep.workers``), ``kill -9`` included.
+- Shardable: ``shard=Shard(i, n)`` (:class:`attnlab.sweep.plan.Shard`) trains group ``g`` of
+  the plan iff ``g % n == i``. ``n`` shards run at once on one directory (an array job on a
+  shared filesystem) and never write the same file: each writes its groups' directories and
+  ``DIR/shards/shard_<i>_of_<n>.json``; shard 0 also writes ``grid.json``. No shard writes
+  ``results.csv``, ``table.md`` or ``plots/``: ``python -m experiments.table --workdir=DIR``
+  builds them once every shard is done, equal (timing columns aside) to an unsharded sweep's.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 import ml_collections
 
 from attnlab.sweep import table, workers
-from attnlab.sweep.plan import Group, grid_of, plan, run_config, validate_run_config
+from attnlab.sweep.plan import Group, Shard, grid_of, plan, run_config, validate_run_config
 from attnlab.training import rundir
 
 # train_seeds(run_config, seeds, workdirs) -> per-seed summaries
@@ -62,18 +69,20 @@ class ComparisonReport:
   """What :func:`run_comparison` did.
 
   Attributes:
-    groups: one :class:`GroupResult` per (task, method), in table order.
+    groups: one :class:`GroupResult` per (task, method) of the shard, in table order.
     seconds: wall time of the sweep.
-    results_csv: path of ``results.csv``.
-    table_md: path of ``table.md``.
+    results_csv: path of ``results.csv`` (None for a shard: ``experiments.table`` builds it).
+    table_md: path of ``table.md`` (None for a shard).
     plots: paths of the per-task learning-curve plots.
+    shard: which part of the sweep ran.
   """
 
   groups: tuple[GroupResult, ...]
   seconds: float
-  results_csv: str
-  table_md: str
+  results_csv: str | None
+  table_md: str | None
   plots: tuple[str, ...]
+  shard: Shard = Shard()
 
   @property
   def failed(self) -> tuple[GroupResult, ...]:
@@ -88,6 +97,11 @@ class ComparisonReport:
     )
     if self.failed:
       line += " — failed: " + "; ".join(f"{g.task}/{g.method}: {g.error}" for g in self.failed)
+    if self.table_md is None:
+      return (
+        f"{self.shard}: {line}. Table: not built by a shard; once all {self.shard.count} "
+        "shards are done, run python -m experiments.table --workdir=<the sweep directory>"
+      )
     return line + f". Table: {self.table_md}"
 
   def failure_line(self, workdir: str) -> str:
@@ -173,8 +187,12 @@ def run_comparison(
   train_fn: TrainFn | None = None,
   log: Callable[[str], None] | None = None,
   with_plots: bool = True,
+  shard: Shard | None = None,
 ) -> ComparisonReport:
   """Runs (or resumes) the sweep and writes ``results.csv``, ``table.md`` and the plots.
+
+  A shard (``shard.count > 1``) trains its groups only and writes no shared file but
+  ``grid.json`` (shard 0): see the module docstring.
 
   Args:
     config: a comparison config (``configs/compare.py``): ``base``, ``tasks``, ``seeds``,
@@ -184,6 +202,7 @@ def run_comparison(
       and writes each seed's ``summary.json``; default ``attnlab.training.loop.train_seeds``.
     log: receives the progress lines; default ``logging.getLogger("attnlab.sweep.run").info``.
     with_plots: write ``DIR/plots/<task>.png``.
+    shard: which part of the sweep to run; default (None) all of it.
 
   Returns:
     A :class:`ComparisonReport`. Failed groups do not raise: they are listed in it.
@@ -193,10 +212,13 @@ def run_comparison(
     rundir.WorkdirError: ``DIR`` cannot be used, or another sweep holds it
       (``rundir.DirectoryLockedError``, naming that process).
   """
-  groups = plan(config, workdir)  # Checks everything before the directory is touched.
+  shard = shard or Shard()
+  # Checks everything before the directory is touched.
+  groups = shard.select(plan(config, workdir))
   rundir.make_dir(workdir, what="sweep")
-  with rundir.locked(workdir, what="sweep"):
-    return _run_planned(groups, config, workdir, train_fn, log or _log.info, with_plots)
+  lock_shard = None if shard.is_whole else shard.index  # Shards of one sweep run at once.
+  with rundir.locked(workdir, what="sweep", shard=lock_shard):
+    return _run_planned(groups, config, workdir, train_fn, log or _log.info, with_plots, shard)
 
 
 def _set_aside_stale_runs(groups: Sequence[Group], workdir: str, log) -> None:
@@ -221,15 +243,19 @@ def _run_planned(
   train_fn: TrainFn | None,
   log: Callable[[str], None],
   with_plots: bool,
+  shard: Shard,
 ) -> ComparisonReport:
-  """:func:`run_comparison` once the sweep holds ``DIR``'s lock."""
+  """:func:`run_comparison` once the sweep (or its shard) holds ``DIR``'s lock."""
   start = time.perf_counter()
   train_fn = train_fn or _default_train_fn()
   _set_aside_stale_runs(groups, workdir, log)
   grid = dataclasses.replace(
     grid_of(config), hardware=table.hardware_description(), eval_mode=_eval_mode(config)
   )
-  table.write_grid(workdir, grid)
+  if shard.index == 0:  # The same grid for every shard: one writer.
+    table.write_grid(workdir, grid)
+  if not shard.is_whole:
+    log(f"{shard}: {len(groups)} group(s): " + ", ".join(f"{g.task}/{g.method}" for g in groups))
 
   total = sum(len(g.seeds) for g in groups)
   done = total - sum(len(g.pending) for g in groups)
@@ -266,18 +292,37 @@ def _run_planned(
   order = {(g.task, g.method): i for i, g in enumerate(groups)}
   results.sort(key=lambda r: order[(r.task, r.method)])
 
-  rebuilt = table.rebuild(workdir, grid, with_plots=with_plots)
-  for problem in rebuilt.problems:
-    log(f"warning: {problem}")
+  if shard.is_whole:
+    rebuilt = table.rebuild(workdir, grid, with_plots=with_plots)
+    for problem in rebuilt.problems:
+      log(f"warning: {problem}")
+    outputs = dict(results_csv=rebuilt.results_csv, table_md=rebuilt.table_md, plots=rebuilt.plots)
+  else:
+    outputs = dict(results_csv=None, table_md=None, plots=())
   report = ComparisonReport(
-    groups=tuple(results),
-    seconds=time.perf_counter() - start,
-    results_csv=rebuilt.results_csv,
-    table_md=rebuilt.table_md,
-    plots=rebuilt.plots,
+    groups=tuple(results), seconds=time.perf_counter() - start, shard=shard, **outputs
   )
+  if not shard.is_whole:
+    _write_shard_status(workdir, report, grid)
   log(report.summary_line())
   return report
+
+
+def _write_shard_status(workdir: str, report: ComparisonReport, grid: table.Grid) -> None:
+  """``DIR/shards/shard_<i>_of_<n>.json``: what this shard did (its groups and their status)."""
+  path = rundir.shard_status_path(workdir, report.shard.index, report.shard.count)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rundir.write_json(
+    path,
+    {
+      "shard_index": report.shard.index,
+      "num_shards": report.shard.count,
+      "groups": [dataclasses.asdict(g) for g in report.groups],
+      "seconds": report.seconds,
+      "hardware": grid.hardware,
+      "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    },
+  )
 
 
 def _eval_mode(config: ml_collections.ConfigDict) -> str:

@@ -91,14 +91,15 @@ class Grid:
 
 
 def hardware_description() -> str:
-  """One line naming the machine JAX runs on: CPU, core count, backend, device, versions."""
+  """One line naming the machine JAX runs on: CPU, core count, backend, devices, versions."""
   import jax  # Deferred: reading results must not need a JAX backend.
 
-  device = jax.devices()[0]
+  devices = jax.devices()
   cpu = platform.processor() or platform.machine()
+  count = f"{len(devices)} device{'s' if len(devices) > 1 else ''}"
   return (
     f"{cpu}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()} "
-    f"({device.device_kind}), Python {platform.python_version()}"
+    f"({count}: {devices[0].device_kind}), Python {platform.python_version()}"
   )
 
 

@@ -7,6 +7,8 @@
   and vmapped over seeds.
 * :mod:`~attnlab.training.loop`: ``train_seeds`` / ``train_and_evaluate``: evaluation, probes,
   checkpoints, resume, the NaN guard.
+* :mod:`~attnlab.training.sharding`: the device mesh (every device of every process), the
+  rule placing seeds, batch and fixed data on it, and joining processes (``jax.distributed``).
 * :mod:`~attnlab.training.checkpoints`: orbax checkpoints of one run.
 * :mod:`~attnlab.training.rundir`: the run directory (file names, atomic writes, tolerant
   readers, summary keys, run status); the sweep reads runs through it too.

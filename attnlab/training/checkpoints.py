@@ -16,6 +16,13 @@ newest older one, with one warning naming the bad step and its path. Nothing is 
 later save of that step first moves the unreadable one to ``RUN/checkpoints.unreadable/``. A
 save that runs out of disk space raises :class:`attnlab.training.rundir.DiskFullError` naming
 the checkpoint's path; the checkpoints saved before it are intact.
+
+Many devices, many processes: the loop saves each seed's slice replicated over the mesh
+(``Layout.seed_slice``) and restores into a replicated template of the current mesh, so a
+checkpoint written on any device or process count restores on any other (tested: 2 processes
+x 2 devices -> 1 device). Save and restore are collective: in a ``jax.distributed`` program
+every process calls them (orbax writes each array once and syncs the processes); the workdir
+must then be on a filesystem every process sees.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from attnlab.training import rundir
 
@@ -159,7 +167,9 @@ class RunCheckpointer:
     target, k = os.path.join(parent, str(step)), 1
     while os.path.exists(target):
       target, k = os.path.join(parent, f"{step}.{k}"), k + 1
-    os.rename(self.step_path(step), target)
+    if jax.process_index() == 0:  # One process of a multi-process program moves it...
+      os.rename(self.step_path(step), target)
+    multihost_utils.sync_global_devices(f"attnlab_set_aside_{step}")  # ...the others wait.
     self._manager.reload()
     self._unreadable.discard(step)
     _log.warning("moved unreadable checkpoint step %d to %s before saving it again", step, target)

@@ -10,7 +10,7 @@ estimators, checkpoints, resumes, guards against NaNs and writes each seed's run
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from attnlab import modules
-from attnlab.training import checkpoints, objectives, plots, rundir
+from attnlab.training import checkpoints, objectives, plots, rundir, sharding
 from attnlab.training import config as config_lib
 from attnlab.training import step as step_lib
 from attnlab.training.step import CompiledRun, Stream, TrainState
@@ -115,11 +115,11 @@ def _summary(
 
 def _raise_if_bad(state: TrainState, seeds, workdirs, last_saved: int | None) -> None:
   """The NaN guard: one host sync; raises FloatingPointError naming step, metric, seed."""
-  bad_steps = np.asarray(jax.device_get(state.bad_step))
+  bad_steps, bad_metrics = sharding.fetch((state.bad_step, state.bad_metric))
   if np.all(bad_steps < 0):
     return
   i = int(np.argmax(bad_steps >= 0))
-  metric = step_lib.BAD_METRIC_NAMES[int(np.asarray(state.bad_metric)[i])]
+  metric = step_lib.BAD_METRIC_NAMES[int(bad_metrics[i])]
   kept = (
     f"the last good checkpoint is step {last_saved} in "
     f"{os.path.join(workdirs[i], rundir.CHECKPOINTS_DIR)}"
@@ -139,8 +139,19 @@ def train_seeds(
   *,
   callback: Callable[[int, list[dict[str, Any]]], None] | None = None,
   loss_fn: Callable[..., Any] = objectives.loss_fn,
+  devices: Sequence[jax.Device] | None = None,
 ) -> list[dict[str, Any]]:
   """Trains one config for several seeds together, vmapped in one jitted step.
+
+  The step runs on one mesh over ``devices`` (default: every device of every process): the
+  seeds split over as many devices as divide their count, each seed's batch over the rest,
+  params replicated per seed (the rule of :mod:`attnlab.training.sharding`; the start-up log
+  prints the mesh). Results equal a one-device run's up to float32 summation order.
+
+  In a multi-process program (``jax.distributed``, already initialised by the caller) every
+  process calls this with the same arguments; process 0 alone writes ``config.json``,
+  ``metrics.jsonl``, ``summary.json`` and the figures, while all of them take part in the
+  (collective) orbax checkpoints, which any device or process count can restore.
 
   Seed ``seeds[i]`` writes to ``workdirs[i]`` what a single-seed run with
   ``config.seed = seeds[i]`` writes (``config.json`` records that seed):
@@ -176,16 +187,18 @@ def train_seeds(
       that step's row of every seed; an exception it raises stops training (so tests can
       simulate an interruption).
     loss_fn: the objective, with the signature of ``attnlab.training.objectives.loss_fn``.
+    devices: the devices of the mesh; default ``jax.devices()``.
 
   Returns:
-    The summaries, one per seed.
+    The summaries, one per seed (on every process).
 
   Faults (:mod:`attnlab.training.rundir`, :mod:`attnlab.training.checkpoints`): one process
   at a time writes a workdir (its lock); a workdir that holds a run of a different config is
   refused, finished or not; an unreadable newest checkpoint falls back to an older one.
 
   Raises:
-    ConfigError: an invalid config (before anything is compiled).
+    ConfigError: an invalid config, or a ``batch_size`` the mesh's batch axis does not
+      divide (before anything is compiled).
     rundir.WorkdirError: a workdir that cannot be used, that another process holds
       (``DirectoryLockedError``) or that holds another config (``ConfigMismatchError``);
       before anything is compiled.
@@ -199,24 +212,30 @@ def train_seeds(
     raise ValueError(f"need one workdir per seed; got seeds={seeds}, workdirs={workdirs}.")
   if len(set(workdirs)) != len(workdirs) or len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds and workdirs must be distinct; got {seeds}, {workdirs}.")
+  layout = sharding.make_layout(len(seeds), run.train.batch_size, devices)
   config_dicts = [_seed_config_dict(config, s) for s in seeds]
   for workdir in workdirs:
     rundir.make_dir(workdir)
-  with rundir.locked(*workdirs):
-    return _train_locked(run, config_dicts, seeds, workdirs, callback, loss_fn)
+  # One program writes a workdir: its process 0 holds the lock (the others of the same
+  # program share the directory and only read it).
+  lock = rundir.locked(*workdirs) if _is_writer() else contextlib.nullcontext()
+  with lock:
+    return _train_locked(run, layout, config_dicts, seeds, workdirs, callback, loss_fn)
 
 
-def _train_locked(run, config_dicts, seeds, workdirs, callback, loss_fn):
-  """:func:`train_seeds` once this process holds every workdir's lock."""
+def _train_locked(run, layout, config_dicts, seeds, workdirs, callback, loss_fn):
+  """:func:`train_seeds` once the program holds every workdir's lock."""
   for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
     rundir.check_same_config(workdir, config_dict)
   if all(rundir.is_finished(w) for w in workdirs):
     _log.info("already completed, not retrained: %s", workdirs)
     return [rundir.read_summary(w) for w in workdirs]
-  for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
-    rundir.write_config(workdir, config_dict)
+  if _is_writer():
+    for workdir, config_dict in zip(workdirs, config_dicts, strict=True):
+      rundir.write_config(workdir, config_dict)
 
-  compiled = step_lib.compile_run(run, loss_fn)
+  _log.info("%d seed(s) on %s", len(seeds), layout.describe())
+  compiled = step_lib.compile_run(run, loss_fn, layout)
   checkpointers = [checkpoints.RunCheckpointer(w, run.train.keep_checkpoints) for w in workdirs]
   try:
     return _train_loop(run, compiled, seeds, workdirs, checkpointers, callback)
@@ -227,6 +246,11 @@ def _train_locked(run, config_dicts, seeds, workdirs, callback, loss_fn):
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
+
+
+def _is_writer() -> bool:
+  """Whether this process writes the run directory's files (process 0 of the program)."""
+  return jax.process_index() == 0
 
 
 def _new_history() -> dict[str, Any]:
@@ -252,24 +276,34 @@ def _update_convergence(train_cfg: config_lib.TrainConfig, history: dict, row: d
 
 
 def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, callback):
-  task, train_cfg = run.task, run.train
-  base_keys = step_lib.seed_keys(seeds)
-  nan_at_step = jnp.int32(train_cfg.nan_at_step)
+  task, train_cfg, layout = run.task, run.train, compiled.layout
+  writer = _is_writer()
+  host_keys = np.asarray(step_lib.seed_keys(seeds))  # Per-seed streams derive on the host.
+  base_keys = sharding.put(host_keys, layout.state)
+  nan_at_step = sharding.put(np.int32(train_cfg.nan_at_step), layout.replicated)
 
-  batch_at = functools.partial(step_lib.train_batch, task, train_cfg.batch_size, seeds)
+  def batch_at(step: int):  # Every process builds the global batch, keeps its shards.
+    host = step_lib.host_train_batch(task, train_cfg.batch_size, seeds, step)
+    return sharding.put(host, layout.batch)
 
   clock = time.perf_counter()
-  state = step_lib.init_states(compiled, base_keys, batch_at(0))
+  state = step_lib.init_states(
+    compiled, host_keys, step_lib.host_train_batch(task, train_cfg.batch_size, seeds, 0)
+  )
   histories = [_new_history() for _ in seeds]
-  start, restored = checkpoints.restore_newest(checkpointers, step_lib.seed_slice(state, 0))
+  start, restored = checkpoints.restore_newest(
+    checkpointers,
+    layout.seed_slice(state, 0),  # Replicated: restores on any mesh.
+  )
   if start is not None:
-    state = step_lib.stack_seeds([s for s, _ in restored])
+    state = layout.stack_seeds([s for s, _ in restored])
     histories = [dict(_new_history(), **h) for _, h in restored]
     _log.info("resuming %d run(s) from step %d", len(seeds), start)
   start = start or 0
   last_saved = start or None
-  for workdir, history in zip(workdirs, histories, strict=True):
-    rundir.write_metrics(workdir, history["rows"])  # Drops rows written after `start`.
+  if writer:
+    for workdir, history in zip(workdirs, histories, strict=True):
+      rundir.write_metrics(workdir, history["rows"])  # Drops rows written after `start`.
   init_seconds = time.perf_counter() - clock
 
   def active_seeds() -> np.ndarray:
@@ -287,7 +321,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   for step in range(start, train_cfg.steps):
     if not active.any():
       break  # Every seed has converged.
-    state = compiled.step(state, batch_at(step), base_keys, nan_at_step, jnp.asarray(active))
+    active_flags = sharding.put(active, layout.state)
+    state = compiled.step(state, batch_at(step), base_keys, nan_at_step, active_flags)
     done = step + 1
     if first_call:  # Compilation: timed apart from the training rate.
       jax.block_until_ready(state)
@@ -315,19 +350,17 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     pending_steps = 0
     _raise_if_bad(state, seeds, workdirs, last_saved)
     if is_eval:
-      rows = _evaluation_rows(run, compiled, state, done, base_keys, schedule)
+      rows = _evaluation_rows(run, compiled, state, done, host_keys, schedule)
       rate = interval_steps / interval_seconds if interval_seconds > 0 else None
       for history, workdir, row, is_active in zip(histories, workdirs, rows, active, strict=True):
         if not is_active:
           continue
         row.update(steps_per_second=rate, train_seconds=history["train_seconds"])
         history["rows"].append(row)
-        rundir.append_metrics(workdir, row)
+        if writer:
+          rundir.append_metrics(workdir, row)
         _update_convergence(train_cfg, history, row)
-      state = state._replace(
-        metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
-        metric_count=jnp.zeros_like(state.metric_count),
-      )
+      state = compiled.reset_metrics(state)
       interval_steps, interval_seconds = 0, 0.0
       shown = ("train/loss", "val/seq_accuracy", "val/alignment_accuracy")
       progress.log({k: rows[0][k] for k in shown if rows[0].get(k) is not None})
@@ -335,25 +368,29 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       progress.log()
     active = active_seeds()
     if is_save or not active.any():
-      for i, checkpointer in enumerate(checkpointers):
-        checkpointer.save(done, step_lib.seed_slice(state, i), histories[i])
+      for i, checkpointer in enumerate(checkpointers):  # Collective: every process saves.
+        checkpointer.save(done, layout.seed_slice(state, i), histories[i])
       last_saved = done
     if is_eval and callback is not None:
       callback(done, [h["rows"][-1] for h in histories])
     clock = time.perf_counter()
 
-  _final_evaluation(run, compiled, state, base_keys, histories, workdirs)
-  maps = _attention_maps(compiled, state, base_keys)
+  _final_evaluation(run, compiled, state, host_keys, histories, workdirs, writer)
+  maps = _attention_maps(compiled, state, host_keys)
+  eval_batch = sharding.fetch(compiled.eval_data.batch)
   summaries = []
   for i, (seed, workdir) in enumerate(zip(seeds, workdirs, strict=True)):
-    _write_figures(run, compiled.eval_data.batch, workdir, histories[i]["rows"], maps, i)
     summary = _summary(run, seed, histories[i], len(seeds))
-    rundir.write_summary(workdir, summary)
+    if writer:
+      _write_figures(run, eval_batch, workdir, histories[i]["rows"], maps, i)
+      rundir.write_summary(workdir, summary)
     summaries.append(summary)
   return summaries
 
 
-def _final_evaluation(run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs):
+def _final_evaluation(
+  run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs, writer: bool
+):
   """Evaluates every seed's final parameters on every split, into its last metrics row.
 
   A seed that converged stopped updating at its ``stopped_at`` step, so its final
@@ -364,33 +401,34 @@ def _final_evaluation(run, compiled: CompiledRun, state: TrainState, keys, histo
   eval_keys = jnp.stack(
     [step_lib.stream_key(k, Stream.EVAL, s) for k, s in zip(keys, last_steps, strict=True)]
   )
-  results = jax.device_get(
+  eval_keys = sharding.put(eval_keys, compiled.layout.state)
+  results = sharding.fetch(
     compiled.evaluate_final(state.params, compiled.final_data.batch, eval_keys)
   )
   for i, (history, workdir) in enumerate(zip(histories, workdirs, strict=True)):
     if not history["rows"]:
       continue
     history["rows"][-1].update({name: float(values[i]) for name, values in results.items()})
-    rundir.write_metrics(workdir, history["rows"])
+    if writer:
+      rundir.write_metrics(workdir, history["rows"])
 
 
 def _evaluation_rows(run, compiled: CompiledRun, state: TrainState, step: int, keys, schedule):
-  """One metrics row per seed after update ``step``."""
+  """One metrics row per seed after update ``step`` (``keys``: the seeds' base keys, host)."""
   num_seeds = keys.shape[0]
-  count = np.maximum(np.asarray(state.metric_count), 1.0)
+  metric_count, metric_sums = sharding.fetch((state.metric_count, state.metric_sums))
+  count = np.maximum(metric_count, 1.0)
   learning_rate = float(schedule(step - 1))
   rows = [{"step": step, "train/learning_rate": learning_rate} for _ in range(num_seeds)]
-  results = {
-    f"train/{k}": np.asarray(v) / count for k, v in jax.device_get(state.metric_sums).items()
-  }
-  eval_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.EVAL, step))(keys)
+  results = {f"train/{k}": v / count for k, v in metric_sums.items()}
+  eval_keys = _stream_keys(compiled, keys, Stream.EVAL, step)
   results.update(
-    jax.device_get(compiled.evaluate(state.params, compiled.eval_data.batch, eval_keys))
+    sharding.fetch(compiled.evaluate(state.params, compiled.eval_data.batch, eval_keys))
   )
   if run.train.is_probe_step(step) and _stochastic_gradient(run):
-    probe_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.PROBE, step))(keys)
+    probe_keys = _stream_keys(compiled, keys, Stream.PROBE, step)
     probe = compiled.probe(state.params, state.objective_state, compiled.probe_batch, probe_keys)
-    results.update(jax.device_get(probe))
+    results.update(sharding.fetch(probe))
   elif run.train.is_probe_step(step):
     results["grad/variance"] = np.zeros(num_seeds)  # Deterministic: every estimate is equal.
   for name, values in results.items():
@@ -399,14 +437,21 @@ def _evaluation_rows(run, compiled: CompiledRun, state: TrainState, step: int, k
   return rows
 
 
+def _stream_keys(compiled: CompiledRun, keys, stream: Stream, step: int):
+  """Every seed's key of ``stream`` at ``step``, from the host base keys, split over seeds."""
+  stream_keys = jax.vmap(lambda k: step_lib.stream_key(k, stream, step))(keys)
+  return sharding.put(stream_keys, compiled.layout.state)
+
+
 def _attention_maps(compiled: CompiledRun, state: TrainState, keys):
   """Teacher-forced attention of the first validation examples, for the heatmaps."""
   n = min(compiled.program.run.train.num_heatmaps, compiled.eval_data.slices[0][2])
   if n == 0:
     return None
-  batch = jax.tree.map(lambda x: x[:n], compiled.eval_data.batch)  # VAL comes first.
-  heatmap_keys = jax.vmap(lambda k: step_lib.stream_key(k, Stream.HEATMAP, 0))(keys)
-  return jax.device_get(compiled.attention_maps(state.params, batch, heatmap_keys))
+  host_batch = sharding.fetch(compiled.eval_data.batch)  # Replicated: no collective.
+  batch = sharding.put(jax.tree.map(lambda x: x[:n], host_batch), compiled.layout.replicated)
+  heatmap_keys = _stream_keys(compiled, keys, Stream.HEATMAP, 0)
+  return sharding.fetch(compiled.attention_maps(state.params, batch, heatmap_keys))
 
 
 def _write_figures(run, eval_batch, workdir, rows, maps, i):

@@ -17,6 +17,7 @@ The trainer writes runs, the sweep reads them; both go through this module only:
                                          :func:`lock_path`)
   SWEEP/results.csv, SWEEP/table.md      built from the runs (:mod:`attnlab.sweep.table`)
   SWEEP/plots/<task>.png
+  SWEEP/shards/shard_<i>_of_<n>.json     what shard i of a sharded sweep did (its only own file)
 
 Writing: every whole file is written to a temporary file named after it and the writing
 process (``<file>.<pid>.tmp``), then renamed over it (``os.replace``), so a reader sees the old
@@ -87,6 +88,7 @@ ERROR_FILE = "error.txt"
 SPEEDUP_FILE = "speedup.json"
 LOCK_FILE = ".lock"
 UNREADABLE_CHECKPOINTS_DIR = "checkpoints.unreadable"  # Unreadable checkpoints, set aside.
+SHARDS_DIR = "shards"
 _SEED_PREFIX = "seed_"
 _STALE_SUFFIX = ".stale-"
 
@@ -171,6 +173,11 @@ def group_dir(sweep: str, task: str, method: str) -> str:
 def run_dir(sweep: str, task: str, method: str, seed: int) -> str:
   """``SWEEP/<task>/<method>/seed_<n>``: where one run of a sweep writes its outputs."""
   return os.path.join(group_dir(sweep, task, method), f"{_SEED_PREFIX}{int(seed)}")
+
+
+def shard_status_path(sweep: str, index: int, count: int) -> str:
+  """``SWEEP/shards/shard_<index>_of_<count>.json``: the status file of one sweep shard."""
+  return os.path.join(sweep, SHARDS_DIR, f"shard_{int(index)}_of_{int(count)}.json")
 
 
 def seed_of(run_dir_name: str) -> int | None:

@@ -12,8 +12,11 @@ Randomness is stateless: data for update ``s`` of seed ``n`` is
 streams ``fold_in(fold_in(PRNGKey(n), Stream.X), s)`` (:func:`stream_key`). Same config and seed
 give the same numbers on CPU, and a resumed run continues the same streams.
 
-:func:`compile_run` builds (and caches) a run's functions; :mod:`attnlab.training.loop` drives
-them and writes the run directory; ``experiments/bench_train.py`` times the same step.
+:func:`compile_run` builds (and caches) a run's functions for a device layout
+(:mod:`attnlab.training.sharding`: the seed axis and each seed's batch split over a mesh of all
+devices, the fixed data replicated); :mod:`attnlab.training.loop` drives them and writes the run
+directory; ``experiments/bench_train.py`` times the same step. ``Program`` stays per-seed and
+pure: no function of the model path knows about devices.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import optax
 from attnlab import metrics, modules, tasks
 from attnlab.tasks import Split
 from attnlab.training import config as config_lib
-from attnlab.training import objectives
+from attnlab.training import objectives, sharding
 
 EVAL_SPLITS = (Split.VAL, Split.TEST, Split.OOD)
 
@@ -46,10 +49,10 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 class _FastCompiled:
-  """``jax.jit(fn)``, compiled with :data:`_FAST_COMPILE` once per input signature."""
+  """``jax.jit(fn, **shardings)``, compiled with :data:`_FAST_COMPILE` once per input signature."""
 
-  def __init__(self, fn: Callable[..., Any]):
-    self._jitted = jax.jit(fn)
+  def __init__(self, fn: Callable[..., Any], **shardings):
+    self._jitted = jax.jit(fn, **shardings)
     self._compiled = {}
 
   def __call__(self, *args):
@@ -141,14 +144,23 @@ def stream_key(base_key: chex.Array, stream: Stream, step) -> chex.Array:
   return jax.random.fold_in(jax.random.fold_in(base_key, int(stream)), step)
 
 
-def train_batch(task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int) -> tasks.Batch:
-  """The training batch of update ``step`` for every seed, stacked on a leading SEED axis.
+def host_train_batch(
+  task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int
+) -> tasks.Batch:
+  """The training batch of update ``step`` for every seed, stacked on a leading SEED axis
+  (numpy, on the host).
 
   Stateless: seed ``n`` draws ``task.sample(np.random.default_rng([n, step]), ...)``, so a
-  resumed run sees the same data as an uninterrupted one.
+  resumed run sees the same data as an uninterrupted one, and every process of a
+  multi-process run builds the same global batch.
   """
   batches = [task.sample(np.random.default_rng([s, step]), batch_size, Split.TRAIN) for s in seeds]
-  return _jnp_batch(tasks.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True))))
+  return tasks.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True)))
+
+
+def train_batch(task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int) -> tasks.Batch:
+  """:func:`host_train_batch` as jax arrays on the default device."""
+  return _jnp_batch(host_train_batch(task, batch_size, seeds, step))
 
 
 def seed_slice(tree: Any, i: int) -> Any:
@@ -358,24 +370,33 @@ class Program:
 class CompiledRun:
   """A run's jitted, seed-vmapped functions and its fixed data (see :func:`compile_run`).
 
+  Every function is jitted with the shardings of ``layout`` (:mod:`attnlab.training.sharding`):
+  train state, per-seed keys and flags split over the mesh's ``seed`` axis, the training batch
+  over ``seed`` and ``batch``, the fixed data and every output that the host reads (metrics,
+  probes, attention maps) replicated.
+
   Attributes:
     program: the model and the per-seed functions.
+    layout: the mesh and shardings the functions are compiled for.
     init: ``(base_key, example) -> TrainState`` of one seed (see :func:`init_states`).
     step: ``(states, batch, base_keys, nan_at_step, active) -> states``: one update of every
       seed whose ``active`` flag is set.
+    reset_metrics: ``states -> states`` with zeroed metric sums and count (after a row).
     evaluate: ``(params, eval_batch, keys) -> metrics`` of every seed on the validation set
       (during training: it decides convergence).
     evaluate_final: the same on every split of ``final_data`` (once, at the end).
     probe: ``(params, objective_states, probe_batch, keys) -> gradient statistics``.
     attention_maps: ``(params, batch, keys) -> (weights, index)`` of every seed.
-    eval_data: the fixed validation set.
-    final_data: the fixed validation, test and OOD sets.
-    probe_batch: the fixed probe batch.
+    eval_data: the fixed validation set (replicated).
+    final_data: the fixed validation, test and OOD sets (replicated).
+    probe_batch: the fixed probe batch (replicated).
   """
 
   program: Program
+  layout: sharding.Layout
   init: Callable[..., TrainState]
   step: Callable[..., TrainState]
+  reset_metrics: Callable[[TrainState], TrainState]
   evaluate: Callable[..., dict[str, chex.Array]]
   evaluate_final: Callable[..., dict[str, chex.Array]]
   probe: Callable[..., dict[str, chex.Array]]
@@ -386,28 +407,36 @@ class CompiledRun:
 
 
 def compile_run(
-  run: config_lib.RunConfig, loss_fn: Callable[..., Any] = objectives.loss_fn
+  run: config_lib.RunConfig,
+  loss_fn: Callable[..., Any] = objectives.loss_fn,
+  layout: sharding.Layout | None = None,
 ) -> CompiledRun:
   """The jitted, seed-vmapped functions of a run (XLA compiles each on its first call).
 
   Cached: runs whose configs differ only in the seed or the loop cadence (evaluation,
-  logging, checkpoint and probe steps) share the functions, so they compile once.
+  logging, checkpoint and probe steps) share the functions, so they compile once per layout.
 
   Args:
     run: the parsed run config.
     loss_fn: the objective, with the signature of
       :func:`attnlab.training.objectives.loss_fn`.
+    layout: the mesh and shardings (:func:`attnlab.training.sharding.make_layout`); default
+      a 1 x 1 mesh on this process's first device.
 
   Returns:
     A :class:`CompiledRun`.
   """
-  return _compile(_cache_key(run), loss_fn)
+  return _compile(_cache_key(run), loss_fn, layout or sharding.single_device_layout())
 
 
 def init_states(compiled: CompiledRun, base_keys: chex.Array, batch: tasks.Batch) -> TrainState:
-  """Fresh train states of every seed, stacked (``batch``: a stacked batch, for shapes)."""
-  example = seed_slice(batch, 0)
-  return stack_seeds([compiled.init(key, example) for key in base_keys])
+  """Fresh train states of every seed, stacked and placed by the run's layout (``batch``: a
+  stacked batch, for shapes; host or device arrays)."""
+  layout = compiled.layout
+  example = sharding.put(seed_slice(sharding.fetch(batch), 0), layout.replicated)
+  keys = sharding.fetch(base_keys)
+  states = [compiled.init(sharding.put(key, layout.replicated), example) for key in keys]
+  return layout.stack_seeds(states)
 
 
 def _cache_key(run: config_lib.RunConfig) -> config_lib.RunConfig:
@@ -427,16 +456,30 @@ def _cache_key(run: config_lib.RunConfig) -> config_lib.RunConfig:
   return dataclasses.replace(run, seed=0, train=neutral)
 
 
+def _reset_metrics(state: TrainState) -> TrainState:
+  return state._replace(
+    metric_sums=jax.tree.map(jnp.zeros_like, state.metric_sums),
+    metric_count=jnp.zeros_like(state.metric_count),
+  )
+
+
 @functools.lru_cache(maxsize=8)
-def _compile(run: config_lib.RunConfig, loss_fn: Callable[..., Any]) -> CompiledRun:
+def _compile(
+  run: config_lib.RunConfig, loss_fn: Callable[..., Any], layout: sharding.Layout
+) -> CompiledRun:
   """Builds (and caches, so that runs of one config in a process compile once) a run's
   functions. Compilation itself happens on first call."""
   train_cfg = run.train
   program = Program(
     run, modules.build_model(run.model), make_optimizer(run.optimizer, train_cfg.steps), loss_fn
   )
-  val_data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed, (Split.VAL,))
-  final_data = eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed)
+  replicated, per_seed = layout.replicated, layout.state
+
+  def place(data: EvalData) -> EvalData:
+    return data._replace(batch=sharding.put(data.batch, replicated))
+
+  val_data = place(eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed, (Split.VAL,)))
+  final_data = place(eval_data(run.task, train_cfg.eval_size, train_cfg.eval_seed))
   probe_rng = np.random.default_rng([train_cfg.probe_seed])
   probe_batch = run.task.sample(probe_rng, train_cfg.probe_batch_size, Split.TRAIN)
 
@@ -446,19 +489,33 @@ def _compile(run: config_lib.RunConfig, loss_fn: Callable[..., Any]) -> Compiled
 
     return jax.vmap(evaluate, in_axes=(0, None, 0))
 
+  # (params or states, fixed data, per-seed keys) -> replicated outputs.
+  read_out = dict(in_shardings=(per_seed, replicated, per_seed), out_shardings=replicated)
   return CompiledRun(
     program=program,
+    layout=layout,
     # Per seed, not vmapped: on CPU (jaxlib 0.10.2) a seed-vmapped init of the BiGRU model
     # deadlocks (0% CPU, never returns) for 2+ seeds at the default sizes, while the
     # vmapped apply and train step run fine. It runs once per seed.
-    init=_FastCompiled(program.init_state),
-    step=jax.jit(jax.vmap(program.train_step, in_axes=(0, 0, 0, None, 0))),
-    evaluate=jax.jit(evaluator(val_data)),
+    init=_FastCompiled(program.init_state, out_shardings=replicated),
+    step=jax.jit(
+      jax.vmap(program.train_step, in_axes=(0, 0, 0, None, 0)),
+      in_shardings=(per_seed, layout.batch, per_seed, replicated, per_seed),
+      out_shardings=per_seed,
+    ),
+    reset_metrics=jax.jit(_reset_metrics, in_shardings=per_seed, out_shardings=per_seed),
+    evaluate=jax.jit(evaluator(val_data), **read_out),
     # Once per run: compile time dominates, as for the probes.
-    evaluate_final=_FastCompiled(evaluator(final_data)),
-    probe=_FastCompiled(jax.vmap(program.probe, in_axes=(0, 0, None, 0))),
-    attention_maps=_FastCompiled(jax.vmap(program.attention_maps, in_axes=(0, None, 0))),
+    evaluate_final=_FastCompiled(evaluator(final_data), **read_out),
+    probe=_FastCompiled(
+      jax.vmap(program.probe, in_axes=(0, 0, None, 0)),
+      in_shardings=(per_seed, per_seed, replicated, per_seed),
+      out_shardings=replicated,
+    ),
+    attention_maps=_FastCompiled(
+      jax.vmap(program.attention_maps, in_axes=(0, None, 0)), **read_out
+    ),
     eval_data=val_data,
     final_data=final_data,
-    probe_batch=_jnp_batch(probe_batch),
+    probe_batch=sharding.put(probe_batch, replicated),
   )
