@@ -173,6 +173,41 @@ def test_scan_equals_step_by_step_reference():
     np.testing.assert_allclose(out.attention.weights[:, t], step.aux.weights, atol=1e-6)
 
 
+# No feedback: the states do not depend on the attention, so teacher forcing attends every
+# step at once outside the scan (RNNDecoder.attend_steps). Sampled hard attention: the strictest.
+NO_FEEDBACK = dataclasses.replace(SMALL, attention="hard", feedback="none")
+
+
+def test_attention_outside_the_scan_equals_the_step_loop_and_greedy():
+  model = build_model(NO_FEEDBACK)
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  apply = jax.jit(lambda v, dec: model.apply(v, INPUTS, LENGTHS, dec, rngs={"attention": KEY}))
+  out = apply(variables, DEC_INPUTS)
+  memory = model.apply(variables, INPUTS, LENGTHS, method="encode")
+  carry = model.apply(variables, memory, method="_initial_carry")
+  decoder = RNNDecoder(NO_FEEDBACK)
+  dec_vars = {"params": variables["params"]["decoder"]}
+  step_fn = jax.jit(functools.partial(decoder.apply, method="step"), static_argnums=5)
+  logits_fn = jax.jit(functools.partial(decoder.apply, method="logits"))
+  base = model.apply(variables, rngs={"attention": KEY}, method=lambda m: m.make_rng("attention"))
+  for t in range(DEC_INPUTS.shape[1]):  # The step-by-step loop, attention inside each step.
+    carry, step = step_fn(dec_vars, carry, DEC_INPUTS[:, t], jax.random.fold_in(base, t), memory,
+                          None)  # fmt: skip
+    logits = logits_fn(dec_vars, step.hidden_BxH, step.context_BxDv)
+    np.testing.assert_allclose(out.logits[:, t], logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.attention.index[:, t], step.aux.index)
+    np.testing.assert_allclose(out.attention.log_prob[:, t], step.aux.log_prob, atol=1e-5)
+    np.testing.assert_allclose(out.attention.weights[:, t], step.aux.weights, atol=1e-6)
+  max_len = DEC_INPUTS.shape[1]
+  decode = jax.jit(greedy_decode, static_argnames=("model", "max_len", "mode"))
+  tokens, weights = decode(model, variables, INPUTS, LENGTHS, max_len=max_len,
+                           mode=EvalMode.SAMPLE, key=KEY)  # fmt: skip
+  decoder_inputs = jnp.concatenate([jnp.full((3, 1), SMALL.bos_id), tokens[:, :-1]], axis=1)
+  forced = apply(variables, decoder_inputs)
+  np.testing.assert_array_equal(jnp.argmax(forced.logits, -1), tokens)
+  np.testing.assert_allclose(forced.attention.weights, weights, atol=1e-5)
+
+
 def test_default_decoder_reads_source_content_only_through_attention():
   # Defaults: no feedback, token values, a source-length embedding in the initial state.
   # p(y_t | z_t = s) must then depend on the source only through the value at s: changing

@@ -95,6 +95,44 @@ class RNNDecoder(nn.Module):
       feedback_BxDv = context_BxDv
     return (state, feedback_BxDv), StepOutput(hidden_BxH, context_BxDv, aux)
 
+  def states(self, carry, tokens_B) -> tuple[Any, chex.Array]:
+    """The cell alone: one step of a decoder that feeds nothing back (its states then do not
+    depend on the attention, so :meth:`attend_steps` attends every step at once)."""
+    state, _ = carry
+    state, hidden_BxH = self.cell(state, self.embed(tokens_B))
+    return (state, None), hidden_BxH
+
+  def attend_steps(
+    self, hidden_BxTxH: chex.Array, memory: Memory, override, keys_T: chex.Array | None
+  ) -> tuple[chex.Array, AttentionAux]:
+    """:meth:`step`'s attention for every step at once: ``(context [B, T, Dv], aux [B, T, ..])``.
+
+    Step ``t`` draws with ``keys_T[t]``, as :meth:`step` does, so the choices are those of the
+    step-by-step loop; the T queries become one batched computation outside the scan.
+    """
+
+    def attend(module, query_Bx1xH, key):
+      return module(
+          query_Bx1xH, memory.keys_BxSxDk, memory.values_BxSxDv, memory.mask_BxS,
+          override=override, key=key,
+      )  # fmt: skip
+
+    if keys_T is None:  # No random choice: the T queries are one call.
+      return self.attention(
+          hidden_BxTxH, memory.keys_BxSxDk, memory.values_BxSxDv, memory.mask_BxS,
+          override=override,
+      )  # fmt: skip
+    per_step = nn.vmap(
+      attend,
+      variable_axes={"params": None},
+      split_rngs={"params": False},
+      in_axes=(2, 0),
+      out_axes=1,
+    )
+    context_BxTx1xDv, aux = per_step(self.attention, hidden_BxTxH[:, None, :, :], keys_T)
+    drop = lambda x: None if x is None else x[:, :, 0]  # The per-step query axis.
+    return drop(context_BxTx1xDv), jax.tree_util.tree_map(drop, aux)
+
   def logits(self, hidden_xH: chex.Array, context_xDv: chex.Array) -> chex.Array:
     """``W_o tanh(W_h h + W_c c + b)``; leading axes of ``h`` and ``c`` broadcast (same rank)."""
     return self.output(jnp.tanh(self.readout_state(hidden_xH) + self.readout_context(context_xDv)))
@@ -241,24 +279,40 @@ class RNNSeq2Seq(nn.Module):
     keys_T = self._keys(spec, decoder_inputs_BxT.shape[1])  # First rng use: as in greedy.
     memory = self.encode(inputs_BxS, input_lengths_B)
 
-    def body(decoder, carry, xs, memory):
-      tokens_B, key = xs
-      return decoder.step(carry, tokens_B, key, memory, attention_override)
+    length = decoder_inputs_BxT.shape[1]
+    if c.feedback is Feedback.NONE:
+      # The states do not depend on the attention: scan the cell alone, then attend every
+      # step at once (the same choices as the step loop, with far fewer, larger kernels).
+      def cell_body(decoder, carry, tokens_B, memory):
+        del memory
+        return decoder.states(carry, tokens_B)
 
-    _, steps = _scan_steps(
+      _, hidden_TxBxH = _scan_steps(
+        cell_body, self.decoder, self._initial_carry(memory), decoder_inputs_BxT.T, memory, length
+      )
+      hidden_BxTxH = jnp.swapaxes(hidden_TxBxH, 0, 1)
+      context_BxTxDv, aux = self.decoder.attend_steps(
+        hidden_BxTxH, memory, attention_override, keys_T
+      )
+    else:
+
+      def body(decoder, carry, xs, memory):
+        tokens_B, key = xs
+        return decoder.step(carry, tokens_B, key, memory, attention_override)
+
+      _, steps = _scan_steps(
         body, self.decoder, self._initial_carry(memory), (decoder_inputs_BxT.T, keys_T), memory,
-        decoder_inputs_BxT.shape[1],
-    )  # fmt: skip
-    steps = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # time-major -> BxT
-    hidden_BxTxH = steps.hidden_BxH
-    aux = steps.aux
+        length,
+      )  # fmt: skip
+      steps = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # time-major -> BxT
+      hidden_BxTxH, context_BxTxDv, aux = steps.hidden_BxH, steps.context_BxDv, steps.aux
     position_logits = None
     if enumerate_positions:
       position_logits = self.decoder.logits(
         hidden_BxTxH[:, :, None, :], memory.values_BxSxDv[:, None, :, :]
       )
     return Seq2SeqOutput(
-      logits=self.decoder.logits(hidden_BxTxH, steps.context_BxDv),
+      logits=self.decoder.logits(hidden_BxTxH, context_BxTxDv),
       attention=AttentionRecord(aux.weights, aux.index, aux.log_prob, aux.entropy),
       soft_logits=(
         self.decoder.logits(hidden_BxTxH, aux.expected_context) if spec.is_hard else None
