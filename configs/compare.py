@@ -15,9 +15,9 @@ Run (resumable: rerun the same command to finish an interrupted sweep)::
   python -m experiments.table --workdir=runs/compare
 
 Presets (``arg`` = ``preset[:method,method,...]``):
-  default  5 tasks × 9 methods × 3 seeds, each run until it converges (validation exact match
-           >= 99% at 2 evaluations in a row) or its task's step budget; ≤ 15 min on a
-           2-core CPU.
+  default  5 tasks × 9 methods × 3 seeds, each run until it converges (every validation
+           sequence right, configs/default.py's stop rule) or its task's step budget; about
+           19 min on a 2-core CPU, install included.
   ablation copy and reverse × hard attention with each part of the default architecture
            changed (position-embedded values, no length embedding, expected-context
            feedback) × 3 seeds: what each part does (about 10 min on a 2-core CPU).
