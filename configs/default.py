@@ -125,9 +125,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.steps = 400  # Step budget: the most updates a run makes.
   # Convergence: a run stops once val/seq_accuracy (greedy exact match) is at least this at
   # `stop_patience` evaluations in a row; its summary then says converged. 0 never stops.
-  # 1.0: every one of the eval_size validation sequences right. The table claims "reached 99%"
-  # from test sets of the same size, whose sampling noise at 99% is +-0.6 points; stopping at
-  # 99% left test at 98.8% for a seed of recall (seeds 0-2), stopping at 100% does not.
+  # 1.0: every one of the eval_size validation sequences right. The table's "99%" claims are
+  # made on test sets of the same size, whose sampling noise at 99% is +-0.6 points.
   config.stop_accuracy = 1.0
   # Consecutive evaluations at or above stop_accuracy. 1: stop at the first one. Hard
   # attention trained by a stochastic estimator at a constant learning rate does not stay
