@@ -151,16 +151,12 @@ def test_padded_source_positions_get_zero_gradient_and_baseline_is_detached():
   assert any(jnp.any(g != 0) for g in jax.tree_util.tree_leaves(decoder_grads["baseline_out"]))
 
 
-def test_scan_equals_step_by_step_reference():
-  variables = _variables()
-  out = _sampled_feedback(variables, DEC_INPUTS)
-  model = build_model(SAMPLED)
-  memory = model.apply(variables, INPUTS, LENGTHS, method="encode")
-  decoder = RNNDecoder(SAMPLED)
+def _assert_equals_step_loop(out, model, variables, memory, carry):
+  """Teacher-forced ``out`` equals :meth:`RNNDecoder.step` run step by step from ``carry``."""
+  decoder = RNNDecoder(model.config)
   dec_vars = {"params": variables["params"]["decoder"]}
   step_fn = jax.jit(functools.partial(decoder.apply, method="step"), static_argnums=5)
   logits_fn = jax.jit(functools.partial(decoder.apply, method="logits"))
-  carry = (jnp.zeros((3, SAMPLED.hidden_dim)), jnp.zeros((3, SAMPLED.embed_dim)))
   # The model draws its one "attention" key first, then uses fold_in(key, t) at step t.
   base = model.apply(variables, rngs={"attention": KEY}, method=lambda m: m.make_rng("attention"))
   for t in range(DEC_INPUTS.shape[1]):
@@ -171,6 +167,15 @@ def test_scan_equals_step_by_step_reference():
     np.testing.assert_array_equal(out.attention.index[:, t], step.aux.index)
     np.testing.assert_allclose(out.attention.log_prob[:, t], step.aux.log_prob, atol=1e-5)
     np.testing.assert_allclose(out.attention.weights[:, t], step.aux.weights, atol=1e-6)
+
+
+def test_scan_equals_step_by_step_reference():
+  variables = _variables()
+  out = _sampled_feedback(variables, DEC_INPUTS)
+  model = build_model(SAMPLED)
+  memory = model.apply(variables, INPUTS, LENGTHS, method="encode")
+  carry = (jnp.zeros((3, SAMPLED.hidden_dim)), jnp.zeros((3, SAMPLED.embed_dim)))
+  _assert_equals_step_loop(out, model, variables, memory, carry)
 
 
 # No feedback: the states do not depend on the attention, so teacher forcing attends every
@@ -185,19 +190,7 @@ def test_attention_outside_the_scan_equals_the_step_loop_and_greedy():
   out = apply(variables, DEC_INPUTS)
   memory = model.apply(variables, INPUTS, LENGTHS, method="encode")
   carry = model.apply(variables, memory, method="_initial_carry")
-  decoder = RNNDecoder(NO_FEEDBACK)
-  dec_vars = {"params": variables["params"]["decoder"]}
-  step_fn = jax.jit(functools.partial(decoder.apply, method="step"), static_argnums=5)
-  logits_fn = jax.jit(functools.partial(decoder.apply, method="logits"))
-  base = model.apply(variables, rngs={"attention": KEY}, method=lambda m: m.make_rng("attention"))
-  for t in range(DEC_INPUTS.shape[1]):  # The step-by-step loop, attention inside each step.
-    carry, step = step_fn(dec_vars, carry, DEC_INPUTS[:, t], jax.random.fold_in(base, t), memory,
-                          None)  # fmt: skip
-    logits = logits_fn(dec_vars, step.hidden_BxH, step.context_BxDv)
-    np.testing.assert_allclose(out.logits[:, t], logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(out.attention.index[:, t], step.aux.index)
-    np.testing.assert_allclose(out.attention.log_prob[:, t], step.aux.log_prob, atol=1e-5)
-    np.testing.assert_allclose(out.attention.weights[:, t], step.aux.weights, atol=1e-6)
+  _assert_equals_step_loop(out, model, variables, memory, carry)  # Attention inside each step.
   max_len = DEC_INPUTS.shape[1]
   decode = jax.jit(greedy_decode, static_argnames=("model", "max_len", "mode"))
   tokens, weights = decode(model, variables, INPUTS, LENGTHS, max_len=max_len,
