@@ -41,8 +41,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the p
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 _DISTRIBUTED = flags.DEFINE_enum(
   "distributed",
-  sharding.DistributedMode.AUTO,
-  list(sharding.DistributedMode.ALL),
+  sharding.DistributedMode.AUTO.value,
+  sharding.DistributedMode.values(),
   "auto: join a multi-process program if any of the three flags above is given or a "
   "multi-process launch is detected (SLURM srun with >1 tasks, Open MPI with >1 ranks); "
   "on: always call jax.distributed.initialize (JAX auto-detects what is not given: Cloud TPU "

@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from attnlab.enums import Choice
 from attnlab.training.config import ConfigError
 
 SEED_AXIS = "seed"
@@ -189,14 +190,12 @@ def _stacker(sharding: NamedSharding):
 # ---- Joining processes ------------------------------------------------------------------
 
 
-class DistributedMode:
+class DistributedMode(Choice):
   """How :func:`initialize_distributed` decides whether to join a multi-process program."""
 
   AUTO = "auto"  # Join if any address/count/id is given or a multi-process launch is visible.
   ON = "on"  # Always call jax.distributed.initialize (JAX auto-detects what is not given).
   OFF = "off"  # One process.
-
-  ALL = (AUTO, ON, OFF)
 
 
 def launched_as_multiprocess(environ: dict[str, str] | None = None) -> bool:
@@ -214,7 +213,7 @@ def initialize_distributed(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
-  mode: str = DistributedMode.AUTO,
+  mode: str | DistributedMode = DistributedMode.AUTO,
 ) -> bool:
   """Joins this process to a multi-process JAX program; call it before anything uses JAX.
 
@@ -233,8 +232,7 @@ def initialize_distributed(
   Returns:
     Whether ``jax.distributed.initialize`` was called.
   """
-  if mode not in DistributedMode.ALL:
-    raise ValueError(f"distributed mode {mode!r} is invalid; valid: {list(DistributedMode.ALL)}.")
+  mode = DistributedMode.parse(mode, name="distributed mode")
   given = {
     k: v
     for k, v in dict(
@@ -242,11 +240,11 @@ def initialize_distributed(
     ).items()
     if v is not None
   }
-  if mode == DistributedMode.OFF:
+  if mode is DistributedMode.OFF:
     if given:
       raise ValueError(f"distributed mode 'off' but {sorted(given)} given.")
     return False
-  if mode == DistributedMode.AUTO and not given and not launched_as_multiprocess():
+  if mode is DistributedMode.AUTO and not given and not launched_as_multiprocess():
     return False
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**given)
