@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # decoder can know where the target ends without reading it off an attended value.
   config.model.rnn.init_decoder_from_length = True
   config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
+  # Time steps per loop iteration of the encoder/decoder scans; 0 unrolls them fully (same
+  # numbers; faster steps for short sequences, longer compiles).
+  config.model.rnn.unroll = 1
 
   config.model.transformer = ml_collections.ConfigDict()  # attnlab.modules.TransformerConfig.
   config.model.transformer.model_dim = 64  # Residual stream width.

@@ -224,6 +224,34 @@ def test_default_decoder_reads_source_content_only_through_attention():
   assert not np.allclose(out_len.position_logits[0, :, 0], before[0, :, 0])
 
 
+@pytest.mark.parametrize("feedback", ["none", "sampled"])
+@pytest.mark.parametrize("unroll", [0, 4])
+def test_unrolled_scans_compute_the_same_model(feedback, unroll):
+  # Unrolling (fully, or 4 steps per loop iteration: a rolled loop plus a remainder) changes
+  # the compiled program, not the model: outputs, sampled choices, gradients and greedy
+  # decoding equal the rolled scans'.
+  def run(config):
+    model = build_model(config)
+    variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+
+    def loss(v):
+      out = model.apply(v, INPUTS, LENGTHS, DEC_INPUTS, rngs={"attention": KEY})
+      return jnp.sum(out.logits * out.logits) + jnp.sum(out.attention.log_prob), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables)
+    tokens, weights = greedy_decode(model, variables, INPUTS, LENGTHS, max_len=7,
+                                    mode=EvalMode.SAMPLE, key=KEY)  # fmt: skip
+    return out.logits, out.attention.index, grads, tokens, weights
+
+  rolled = dataclasses.replace(SMALL, attention="hard", feedback=feedback)
+  expected = run(rolled)
+  got = run(dataclasses.replace(rolled, unroll=unroll))
+  np.testing.assert_array_equal(got[1], expected[1])  # The sampled positions.
+  np.testing.assert_array_equal(got[3], expected[3])  # The greedy tokens.
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
 def test_enumeration_with_sampled_feedback_is_an_error():
   with pytest.raises(ValueError, match="feedback 'none' or 'expected'"):
     build_model(SAMPLED).apply(_variables(), INPUTS, LENGTHS, DEC_INPUTS, enumerate_positions=True)
@@ -265,6 +293,11 @@ def test_config_errors_list_valid_choices():
     RNNConfig(vocab_size=5, attention="softmax")
   with pytest.raises(ValueError, match="hidden_dim"):
     RNNConfig(vocab_size=5, hidden_dim=0)
+  for bad in (-1, True, 2.0):
+    with pytest.raises(
+      ValueError, match=re.escape(f"unroll must be an int >= 0 (0 unrolls fully), got {bad!r}")
+    ):
+      RNNConfig(vocab_size=5, unroll=bad)
   long_inputs = jnp.ones((1, SMALL.max_source_len + 1), jnp.int32)
   with pytest.raises(ValueError, match="max_source_len"):
     build_model(BASE).apply(_variables(), long_inputs, jnp.array([3]), DEC_INPUTS[:1])

@@ -60,6 +60,10 @@ class RNNConfig:
       to the initial decoder state. Without it a decoder that feeds back nothing cannot
       know where the target ends except from the one value it attends.
     max_source_len: number of learned source position embeddings.
+    unroll: time steps per loop iteration of the encoder and decoder scans (``unroll`` of
+      :func:`jax.lax.scan`); 0 unrolls them fully. Numerically the same model: unrolled,
+      XLA fuses across steps (on a 2-core CPU a training step of the comparison's model
+      takes ~40% less time) but compiles longer, and compile time grows with the length.
     bos_id: first decoder input of greedy decoding.
     eos_id: end-of-sequence token.
   """
@@ -81,6 +85,7 @@ class RNNConfig:
   init_decoder_from_source: bool = False
   init_decoder_from_length: bool = True
   max_source_len: int = 64
+  unroll: int = 1
   bos_id: int = BOS
   eos_id: int = EOS
 
@@ -100,6 +105,10 @@ class RNNConfig:
       self,
       ("vocab_size", "embed_dim", "encoder_dim", "hidden_dim", "additive_dim", "max_source_len"),
     )
+    if isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 0:
+      raise ValueError(
+        f"RNNConfig.unroll must be an int >= 0 (0 unrolls fully), got {self.unroll!r}."
+      )
     _check_common(self)
 
   @property

@@ -143,7 +143,7 @@ class RNNDecoder(nn.Module):
     return self.baseline_out(jnp.tanh(self.baseline_hidden(hidden)))[..., 0]
 
 
-def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: int):
+def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: int, unroll: int):
   """``nn.scan`` of ``body(decoder, carry, xs, memory)`` over ``length`` steps of ``xs``."""
   scan = nn.scan(
     body,
@@ -152,6 +152,7 @@ def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: in
     in_axes=(0, nn.broadcast),
     out_axes=0,
     length=length,
+    unroll=unroll,
   )
   return scan(decoder, carry, xs, memory)
 
@@ -191,7 +192,8 @@ class RNNSeq2Seq(nn.Module):
     self.position_embed = nn.Embed(c.max_source_len, c.embed_dim)
     if c.uses_encoder_rnn:
       self.encoder = nn.Bidirectional(
-        nn.RNN(_make_cell(c.cell, c.encoder_dim)), nn.RNN(_make_cell(c.cell, c.encoder_dim))
+        nn.RNN(_make_cell(c.cell, c.encoder_dim), unroll=c.unroll),
+        nn.RNN(_make_cell(c.cell, c.encoder_dim), unroll=c.unroll),
       )
     key_dim = 2 * c.encoder_dim if c.key_source is KeySource.BIRNN else c.embed_dim
     self._project_keys = (
@@ -288,7 +290,13 @@ class RNNSeq2Seq(nn.Module):
         return decoder.states(carry, tokens_B)
 
       _, hidden_TxBxH = _scan_steps(
-        cell_body, self.decoder, self._initial_carry(memory), decoder_inputs_BxT.T, memory, length
+        cell_body,
+        self.decoder,
+        self._initial_carry(memory),
+        decoder_inputs_BxT.T,
+        memory,
+        length,
+        c.unroll,
       )
       hidden_BxTxH = jnp.swapaxes(hidden_TxBxH, 0, 1)
       context_BxTxDv, aux = self.decoder.attend_steps(
@@ -302,7 +310,7 @@ class RNNSeq2Seq(nn.Module):
 
       _, steps = _scan_steps(
         body, self.decoder, self._initial_carry(memory), (decoder_inputs_BxT.T, keys_T), memory,
-        length,
+        length, c.unroll,
       )  # fmt: skip
       steps = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # time-major -> BxT
       hidden_BxTxH, context_BxTxDv, aux = steps.hidden_BxH, steps.context_BxDv, steps.aux
@@ -338,6 +346,12 @@ class RNNSeq2Seq(nn.Module):
       return (inner, next_B), (next_B, out.aux.weights)
 
     _, (tokens_TxB, weights_TxBxS) = _scan_steps(
-      body, self.decoder, (self._initial_carry(memory), bos_B), keys_T, memory, max_len
+      body,
+      self.decoder,
+      (self._initial_carry(memory), bos_B),
+      keys_T,
+      memory,
+      max_len,
+      self.config.unroll,
     )
     return tokens_TxB.T, jnp.swapaxes(weights_TxBxS, 0, 1)

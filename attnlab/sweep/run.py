@@ -266,7 +266,9 @@ def _run_planned(
   results = [
     GroupResult(g.task, g.method, g.seeds, "skipped", 0.0) for g in groups if not g.pending
   ]
-  to_run = [g for g in groups if g.pending]
+  # Longest step budgets first: with several workers, the sweep then ends on short groups
+  # rather than one worker finishing a long group alone (the table keeps its own order).
+  to_run = sorted((g for g in groups if g.pending), key=lambda g: -g.config.steps)
   seeds_of = {(g.task, g.method): g.seeds for g in to_run}
   wall_start = time.perf_counter()
   for result in _results_as_completed(to_run, workdir, train_fn, config.num_workers):
