@@ -36,8 +36,9 @@ def test_unknown_preset_lists_valid_ones():
     default_config.get_config("nope")
 
 
-@pytest.mark.parametrize("preset", ["default", "smoke", "full"])
+@pytest.mark.parametrize("preset", sorted(compare_config.PRESETS))
 def test_every_compare_method_and_task_parses(preset):
+  assert f"\n  {preset} " in compare_config.__doc__  # Every preset is documented.
   compare = compare_config.get_config(preset)
   for task in compare.tasks:
     for name in compare.method_names:

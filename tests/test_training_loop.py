@@ -6,6 +6,7 @@ every code path runs: sampled attention, the EMA baseline state, the gradient pr
 checkpoints, heatmaps with sampled positions.
 """
 
+import dataclasses
 import errno
 import logging
 import math
@@ -13,7 +14,9 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -322,6 +325,21 @@ def test_learning_rate_schedule_warms_up_then_decays_to_the_final_fraction():
   assert float(schedule(0)) == pytest.approx(peak / warmup)  # The first update is not wasted.
   assert float(schedule(warmup - 1)) == pytest.approx(peak)
   assert float(schedule(STEPS - 1)) == pytest.approx(peak * cfg.final_lr_fraction)
+
+
+def test_constant_schedule_does_not_depend_on_the_step_budget():
+  # final_lr_fraction 1: the same values as the cosine schedule "decaying" to the peak, and
+  # the same program for any budget, so tasks with different budgets share compilations.
+  cfg = dataclasses.replace(config_lib.parse_config(_config()).optimizer, final_lr_fraction=1.0)
+  cosine = optax.warmup_cosine_decay_schedule(
+    0.0, cfg.learning_rate, cfg.warmup_steps, 600, end_value=cfg.learning_rate
+  )
+  counts = jnp.arange(700)
+  np.testing.assert_array_equal(
+    step.learning_rate_schedule(cfg, 600)(counts), jax.vmap(cosine)(counts + 1)
+  )
+  jaxprs = [str(jax.make_jaxpr(step.learning_rate_schedule(cfg, n))(3)) for n in (600, 1200)]
+  assert jaxprs[0] == jaxprs[1]
 
 
 def test_converged_seed_stops_and_its_results_are_those_of_its_stop_step(tmp_path, monkeypatch):

@@ -106,8 +106,17 @@ def learning_rate_schedule(cfg: config_lib.OptimizerConfig, steps: int) -> optax
   """Linear warm-up then cosine decay; update ``s`` (1-indexed) uses ``schedule(s - 1)``.
 
   The warm-up starts at ``lr / warmup_steps`` rather than 0, so no update is wasted; the
-  last update uses ``lr * final_lr_fraction``.
+  last update uses ``lr * final_lr_fraction``. With ``final_lr_fraction == 1`` the rate is
+  constant after the warm-up, and the schedule does not depend on ``steps``: runs with
+  different step budgets then compile to the same program (one persistent-cache entry).
   """
+  if cfg.final_lr_fraction == 1.0:  # Equal, value for value, to the cosine "decay" to lr.
+    base = optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+       optax.constant_schedule(cfg.learning_rate)],
+      [cfg.warmup_steps],
+    )  # fmt: skip
+    return lambda count: base(count + 1)
   base = optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=cfg.learning_rate,
