@@ -82,8 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # decoder can know where the target ends without reading it off an attended value.
   config.model.rnn.init_decoder_from_length = True
   config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
-  # Time steps per loop iteration of the encoder/decoder scans; 0 unrolls them fully (same
-  # numbers; faster steps for short sequences, longer compiles).
+  # Time steps per loop iteration of the encoder/decoder scans; 0 unrolls them fully (the
+  # same model; faster steps alone on a CPU, longer compiles: attnlab.modules.RNNConfig).
   config.model.rnn.unroll = 1
 
   config.model.transformer = ml_collections.ConfigDict()  # attnlab.modules.TransformerConfig.
