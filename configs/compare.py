@@ -17,7 +17,7 @@ Run (resumable: rerun the same command to finish an interrupted sweep)::
 Presets (``arg`` = ``preset[:method,method,...]``):
   default  5 tasks × 9 methods × 3 seeds, each run until it converges (every validation
            sequence right, configs/default.py's stop rule) or its task's step budget; about
-           19 min on a 2-core CPU, install included.
+           20 min on a 2-core CPU, install included.
   ablation copy and reverse × hard attention with each part of the default architecture
            changed (position-embedded values, no length embedding, expected-context
            feedback) × 3 seeds: what each part does (about 10 min on a 2-core CPU).
@@ -40,8 +40,9 @@ from configs import default as default_config
 # within 200 steps its attention entropy falls from 2.4 to 0.25 nats on a value position that
 # ignores the query (alignment 24.9%, chance E[1/pairs] = 24.5%), and the Jensen bound, linear
 # in the attention weights, leaves no gradient to the gold position (hard_enum: 30.6% test at
-# 1,800 steps, seeds 0-2). With 0.03 hard_enum solves recall in every seed (99.9%, alignment
-# 100%, 783 steps); 0.01 does not (35.6%). `configs/compare.py:ablation` shows both.
+# 1,800 steps, seeds 0-2). With 0.03 hard_enum solves recall in 5 of seeds 0-5 (99.9%,
+# alignment 100%, 783 steps for seeds 0-2); 0.01 is not enough (35.6%, seeds 0-2). The
+# `exploration` preset runs hard attention with and without the bonus.
 _EXPLORE = {"estimator.entropy_coef": 0.03}
 
 # Every method the comparison knows: name -> overrides of the base run config (dotted keys;
