@@ -117,6 +117,21 @@ def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   assert grid.methods == ("soft_additive", "reinforce_ema") and "CPU" in grid.hardware
 
 
+def test_groups_with_longer_budgets_train_first_and_the_table_keeps_its_order(tmp_path):
+  config = _smoke()
+  config.task_overrides = {"reverse": {"steps": 9}}  # Longer than copy's smoke budget.
+  fake = FakeTrain()
+  report, _ = _run(config, tmp_path, fake)
+  assert [call[:2] for call in fake.calls] == [
+    ("reverse", "soft"), ("reverse", "hard"), ("copy", "soft"), ("copy", "hard")
+  ]  # fmt: skip
+  assert [(g.task, g.method) for g in report.groups] == [
+    ("copy", "soft_additive"), ("copy", "reinforce_ema"),
+    ("reverse", "soft_additive"), ("reverse", "reinforce_ema"),
+  ]  # fmt: skip
+  assert [r["task"] for r in _csv_rows(tmp_path)] == ["copy"] * 4 + ["reverse"] * 4
+
+
 def test_rerun_skips_finished_runs_and_resumes_unfinished_seeds(tmp_path):
   config = _smoke()
   _run(config, tmp_path, FakeTrain(), with_plots=False)
