@@ -185,20 +185,23 @@ _DEFAULT_STEPS = {"copy": 600, "reverse": 600, "sort": 1200, "recall": 1800, "ad
 # was 92%, and 1 soft recall seed in 3 stopped at 100% validation with 98.8% test.
 _EVAL_SIZE = 512
 
+# Overrides of configs/default.py shared by the presets that train the default model.
+# Checkpoints every 500 steps: a resumed group repeats at most 500 steps, and a 2-core sweep
+# does not spend its budget writing them. Gradient probes at steps 1 and 100.
+_DEFAULT_BASE = {
+  **_DEFAULT_MODEL,
+  "eval_size": _EVAL_SIZE,
+  "eval_every": 50,
+  "checkpoint_every": 500,
+  "probe_steps": (1, 100),
+}
+
 # Per preset: base run-config preset, then overrides of it (dotted keys), the grid.
 PRESETS = {
   "default": {
     "base_preset": None,
     # Sized for a 2-core CPU: 45 groups, each 3 vmapped seeds, compile included.
-    # Checkpoints every 500 steps: a resumed group repeats at most 500 steps, and a 2-core
-    # sweep does not spend its budget writing them.
-    "base": {
-      **_DEFAULT_MODEL,
-      "eval_size": _EVAL_SIZE,
-      "eval_every": 50,
-      "checkpoint_every": 500,
-      "probe_steps": (1, 100),
-    },
+    "base": _DEFAULT_BASE,
     "task_steps": _DEFAULT_STEPS,
     "tasks": TASKS,
     "methods": DEFAULT_METHODS,
@@ -208,13 +211,7 @@ PRESETS = {
   # What each part of the default architecture does for hard attention (copy and reverse).
   "ablation": {
     "base_preset": None,
-    "base": {
-      **_DEFAULT_MODEL,
-      "eval_size": _EVAL_SIZE,
-      "eval_every": 50,
-      "checkpoint_every": 500,
-      "probe_steps": (1, 100),
-    },
+    "base": _DEFAULT_BASE,
     "task_steps": {"copy": 600, "reverse": 600},
     "tasks": ("copy", "reverse"),
     "methods": (
@@ -231,13 +228,7 @@ PRESETS = {
   # What the entropy bonus does for hard attention (_EXPLORE): with and without it.
   "exploration": {
     "base_preset": None,
-    "base": {
-      **_DEFAULT_MODEL,
-      "eval_size": _EVAL_SIZE,
-      "eval_every": 50,
-      "checkpoint_every": 500,
-      "probe_steps": (1, 100),
-    },
+    "base": _DEFAULT_BASE,
     "task_steps": {k: _DEFAULT_STEPS[k] for k in ("copy", "reverse", "recall")},
     "tasks": ("copy", "reverse", "recall"),
     "methods": (
@@ -260,13 +251,7 @@ PRESETS = {
   },
   "full": {
     "base_preset": None,
-    "base": {
-      **_DEFAULT_MODEL,
-      "eval_size": _EVAL_SIZE,
-      "eval_every": 50,
-      "checkpoint_every": 500,
-      "probe_steps": (1, 100, 300),
-    },
+    "base": {**_DEFAULT_BASE, "probe_steps": (1, 100, 300)},
     "task_steps": {task: 2 * steps for task, steps in _DEFAULT_STEPS.items()},
     "tasks": TASKS,
     "methods": tuple(METHODS),
