@@ -143,8 +143,9 @@ class RNNDecoder(nn.Module):
     return self.baseline_out(jnp.tanh(self.baseline_hidden(hidden)))[..., 0]
 
 
-def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: int, unroll: int):
-  """``nn.scan`` of ``body(decoder, carry, xs, memory)`` over ``length`` steps of ``xs``."""
+def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: int):
+  """``nn.scan`` of ``body(decoder, carry, xs, memory)`` over ``length`` steps of ``xs``,
+  ``decoder.config.unroll`` steps per loop iteration."""
   scan = nn.scan(
     body,
     variable_broadcast="params",
@@ -152,7 +153,7 @@ def _scan_steps(body, decoder: RNNDecoder, carry, xs, memory: Memory, length: in
     in_axes=(0, nn.broadcast),
     out_axes=0,
     length=length,
-    unroll=unroll,
+    unroll=decoder.config.unroll,
   )
   return scan(decoder, carry, xs, memory)
 
@@ -290,13 +291,7 @@ class RNNSeq2Seq(nn.Module):
         return decoder.states(carry, tokens_B)
 
       _, hidden_TxBxH = _scan_steps(
-        cell_body,
-        self.decoder,
-        self._initial_carry(memory),
-        decoder_inputs_BxT.T,
-        memory,
-        length,
-        c.unroll,
+        cell_body, self.decoder, self._initial_carry(memory), decoder_inputs_BxT.T, memory, length
       )
       hidden_BxTxH = jnp.swapaxes(hidden_TxBxH, 0, 1)
       context_BxTxDv, aux = self.decoder.attend_steps(
@@ -310,7 +305,7 @@ class RNNSeq2Seq(nn.Module):
 
       _, steps = _scan_steps(
         body, self.decoder, self._initial_carry(memory), (decoder_inputs_BxT.T, keys_T), memory,
-        length, c.unroll,
+        length,
       )  # fmt: skip
       steps = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # time-major -> BxT
       hidden_BxTxH, context_BxTxDv, aux = steps.hidden_BxH, steps.context_BxDv, steps.aux
@@ -346,12 +341,6 @@ class RNNSeq2Seq(nn.Module):
       return (inner, next_B), (next_B, out.aux.weights)
 
     _, (tokens_TxB, weights_TxBxS) = _scan_steps(
-      body,
-      self.decoder,
-      (self._initial_carry(memory), bos_B),
-      keys_T,
-      memory,
-      max_len,
-      self.config.unroll,
+      body, self.decoder, (self._initial_carry(memory), bos_B), keys_T, memory, max_len
     )
     return tokens_TxB.T, jnp.swapaxes(weights_TxBxS, 0, 1)

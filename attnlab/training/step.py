@@ -116,14 +116,14 @@ def learning_rate_schedule(cfg: config_lib.OptimizerConfig, steps: int) -> optax
        optax.constant_schedule(cfg.learning_rate)],
       [cfg.warmup_steps],
     )  # fmt: skip
-    return lambda count: base(count + 1)
-  base = optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=cfg.learning_rate,
-    warmup_steps=cfg.warmup_steps,
-    decay_steps=max(steps, cfg.warmup_steps + 1),
-    end_value=cfg.learning_rate * cfg.final_lr_fraction,
-  )
+  else:
+    base = optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=cfg.learning_rate,
+      warmup_steps=cfg.warmup_steps,
+      decay_steps=max(steps, cfg.warmup_steps + 1),
+      end_value=cfg.learning_rate * cfg.final_lr_fraction,
+    )
   return lambda count: base(count + 1)
 
 
