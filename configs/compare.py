@@ -45,6 +45,16 @@ from configs import default as default_config
 # `exploration` preset runs hard attention with and without the bonus.
 _EXPLORE = {"estimator.entropy_coef": 0.03}
 
+# The two hard-attention trainings the ablations vary (before the bonus): the exact gradient,
+# and REINFORCE with K = 4 samples and the leave-one-out baseline (Kool et al. 2019).
+_HARD_ENUM = {"model.attention": "hard", "estimator.gradient": "enumerate"}
+_RLOO4 = {
+  "model.attention": "hard",
+  "estimator.gradient": "reinforce",
+  "estimator.baseline": "rloo",
+  "estimator.num_samples": 4,
+}
+
 # Every method the comparison knows: name -> overrides of the base run config (dotted keys;
 # see configs/default.py for what each key means). Hard-attention methods keep the base
 # config's score function (additive), so they differ from `soft_additive` only in how the
@@ -57,7 +67,7 @@ METHODS = {
   # Exact marginal likelihood log E_z[p(y|z)] by enumerating all source positions.
   "marginal": {"model.attention": "marginal"},
   # Hard attention, Jensen bound E_z[log p(y|z)] with its exact (enumerated) gradient.
-  "hard_enum": {**_EXPLORE, "model.attention": "hard", "estimator.gradient": "enumerate"},
+  "hard_enum": {**_EXPLORE, **_HARD_ENUM},
   # Hard attention, REINFORCE with one sample and no baseline.
   "reinforce_none": {
     **_EXPLORE,
@@ -80,13 +90,7 @@ METHODS = {
     "estimator.baseline": "soft",
   },
   # REINFORCE with K = 4 samples and the leave-one-out baseline (Kool et al. 2019).
-  "reinforce_rloo4": {
-    **_EXPLORE,
-    "model.attention": "hard",
-    "estimator.gradient": "reinforce",
-    "estimator.baseline": "rloo",
-    "estimator.num_samples": 4,
-  },
+  "reinforce_rloo4": {**_EXPLORE, **_RLOO4},
   # Straight-through Gumbel-softmax: one-hot forward, relaxed backward (biased).
   "gumbel_st": {**_EXPLORE, "model.attention": "gumbel", "model.rnn.straight_through": True},
   # --- full preset only ---
@@ -114,41 +118,19 @@ METHODS = {
   # Deng et al.'s design: the expected (soft) context is fed back into the decoder. A hard
   # model's output then reads a soft summary of the source around its hard choice: compare
   # its alignment with hard_enum's to see the leak.
-  "hard_enum_expected_feedback": {
-    **_EXPLORE,
-    "model.attention": "hard",
-    "estimator.gradient": "enumerate",
-    "model.rnn.feedback": "expected",
-  },
-  "reinforce_rloo4_expected_feedback": {
-    **_EXPLORE,
-    "model.attention": "hard",
-    "estimator.baseline": "rloo",
-    "estimator.num_samples": 4,
-    "model.rnn.feedback": "expected",
-  },
+  "hard_enum_expected_feedback": {**_EXPLORE, **_HARD_ENUM, "model.rnn.feedback": "expected"},
+  "reinforce_rloo4_expected_feedback": {**_EXPLORE, **_RLOO4, "model.rnn.feedback": "expected"},
   # Values with a position embedding: a rarely attended position has a rarely trained value.
-  "hard_enum_local_values": {
-    **_EXPLORE,
-    "model.attention": "hard",
-    "estimator.gradient": "enumerate",
-    "model.rnn.value_source": "local",
-  },
+  "hard_enum_local_values": {**_EXPLORE, **_HARD_ENUM, "model.rnn.value_source": "local"},
   # No source-length embedding: only the attended value can tell where the target ends.
   "hard_enum_no_length": {
     **_EXPLORE,
-    "model.attention": "hard",
-    "estimator.gradient": "enumerate",
+    **_HARD_ENUM,
     "model.rnn.init_decoder_from_length": False,
   },
   # No exploration bonus: the collapse described at _EXPLORE.
-  "hard_enum_no_entropy": {"model.attention": "hard", "estimator.gradient": "enumerate"},
-  "reinforce_rloo4_no_entropy": {
-    "model.attention": "hard",
-    "estimator.gradient": "reinforce",
-    "estimator.baseline": "rloo",
-    "estimator.num_samples": 4,
-  },
+  "hard_enum_no_entropy": _HARD_ENUM,
+  "reinforce_rloo4_no_entropy": _RLOO4,
 }
 
 TASKS = ("copy", "reverse", "sort", "recall", "addition")
