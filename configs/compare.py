@@ -55,6 +55,9 @@ _RLOO4 = {
   "estimator.num_samples": 4,
 }
 
+# Variational attention: hard attention (the prior) with an inference network.
+_VARIATIONAL = {"model.attention": "hard", "estimator.posterior": "inference_network"}
+
 # Every method the comparison knows: name -> overrides of the base run config (dotted keys;
 # see configs/default.py for what each key means). Hard-attention methods keep the base
 # config's score function (additive), so they differ from `soft_additive` only in how the
@@ -93,6 +96,18 @@ METHODS = {
   "reinforce_rloo4": {**_EXPLORE, **_RLOO4},
   # Straight-through Gumbel-softmax: one-hot forward, relaxed backward (biased).
   "gumbel_st": {**_EXPLORE, "model.attention": "gumbel", "model.rnn.straight_through": True},
+  # Variational attention (Deng et al. 2018): an inference network q(z|x,y) over the target
+  # does the exploring; the attention is the prior, trained towards q by KL(q || prior), and
+  # decodes alone at evaluation (argmax). No entropy bonus: q, which sees y, explores.
+  # The exact ELBO, by enumerating q's positions.
+  "variational_enum": {**_VARIATIONAL, "estimator.gradient": "enumerate"},
+  # The ELBO with one draw from q, REINFORCE for q with the prior's expected context as
+  # baseline (Deng et al.'s "sample" recipe); the KL exact.
+  "variational_reinforce": {
+    **_VARIATIONAL,
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "soft",
+  },
   # --- full preset only ---
   # Sparse normalisers: exact zeros, expected context.
   "sparsemax": {"model.attention": "sparsemax"},
@@ -114,6 +129,23 @@ METHODS = {
   },
   # Relaxed (not straight-through) Gumbel-softmax.
   "gumbel": {**_EXPLORE, "model.attention": "gumbel", "model.rnn.straight_through": False},
+  # Variational attention, K = 4 draws from q with the leave-one-out baseline.
+  "variational_rloo4": {
+    **_VARIATIONAL,
+    "estimator.gradient": "reinforce",
+    "estimator.baseline": "rloo",
+    "estimator.num_samples": 4,
+  },
+  # VIMCO (Mnih & Rezende 2016): the 4-sample bound log mean_k w_k with q as proposal.
+  "vimco4": {**_VARIATIONAL, "estimator.gradient": "vimco", "estimator.num_samples": 4},
+  # VIMCO with the attention as proposal (no inference network): hard attention trained on
+  # the 4-sample bound log mean_k p(y|z_k), between the Jensen bound and the marginal.
+  "vimco4_prior": {
+    **_EXPLORE,
+    "model.attention": "hard",
+    "estimator.gradient": "vimco",
+    "estimator.num_samples": 4,
+  },
   # --- ablations of the default architecture (hard attention; `ablation` and `full`) ---
   # Deng et al.'s design: the expected (soft) context is fed back into the decoder. A hard
   # model's output then reads a soft summary of the source around its hard choice: compare

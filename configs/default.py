@@ -99,10 +99,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (evaluation and greedy decoding are deterministic).
   config.model.transformer.dropout_rate = 0.0  # In [0, 1); 0 = off.
 
-  # Hard attention's gradient. Settings other than `gradient` apply to REINFORCE only and
-  # must keep their neutral values (none, 1, per_step, 0) for every other method.
+  # Hard attention's gradient. The other settings apply only to the objectives that use
+  # them (attnlab.training.config) and must keep their neutral values (none, 1, per_step,
+  # 0, 1.0) for every other method.
   config.estimator = ml_collections.ConfigDict()
-  config.estimator.gradient = "reinforce"  # reinforce | enumerate (the exact gradient).
+  # reinforce | enumerate (the exact gradient) | vimco (the K-sample bound, Mnih & Rezende
+  # 2016: needs num_samples >= 2; its own leave-one-out baseline, so baseline none).
+  config.estimator.gradient = "reinforce"
+  # none (hard attention: the attention proposes the alignments) | inference_network
+  # (variational attention, Deng et al. 2018: q(z|x,y) from a BiRNN over the target is
+  # trained beside the attention, which becomes the prior, pulled towards q by the KL;
+  # gradient=enumerate: the exact ELBO; reinforce: draws from q with a baseline; vimco).
+  # Training only: evaluation decodes with the attention (the prior) alone. RNN family.
+  config.estimator.posterior = "none"
+  config.estimator.kl_weight = 1.0  # β of KL(q || prior) (1: the ELBO); latent objectives.
   config.estimator.baseline = "none"  # none | ema | learned | rloo | soft.
   config.estimator.num_samples = 1  # K alignments sampled per example (rloo needs K >= 2).
   # per_step: log p(y_t | z_t), exact credit when z_t only affects step t (feedback none or

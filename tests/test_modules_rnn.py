@@ -338,3 +338,91 @@ def test_soft_attention_learns_copy():
   mask = jnp.arange(test.targets.shape[1])[None] < test.target_lengths[:, None]
   exact = jnp.mean(jnp.all((tokens == test.targets) | ~mask, axis=-1))
   assert exact > 0.95, f"greedy exact match {exact:.3f} after 200 steps"
+
+
+VARIATIONAL = dataclasses.replace(SMALL, attention="hard", posterior=True)
+TARGETS = jnp.concatenate([DEC_INPUTS[:, 1:], jnp.zeros((3, 1), jnp.int32)], axis=1)
+TARGET_LENGTHS = jnp.sum(TARGETS > 0, axis=1)
+
+
+def _variational():
+  model = build_model(VARIATIONAL)
+  return model, model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+
+
+def test_drawn_positions_are_read_out_under_shared_decoder_states():
+  # sample_logits[k, b, t] must be exactly the enumerated logits at the drawn position, and
+  # the draws must follow the posterior q (one call: the same q for every draw).
+  model, variables = _variational()
+  out = model.apply(variables, INPUTS, LENGTHS, DEC_INPUTS, enumerate_positions=True,
+                    posterior_targets=(TARGETS, TARGET_LENGTHS), num_samples=4000,
+                    rngs={"attention": KEY})  # fmt: skip
+  index_KxBxT = out.sample_index
+  gathered = jnp.take_along_axis(out.position_logits[None], index_KxBxT[..., None, None], axis=3)[
+    ..., 0, :
+  ]
+  np.testing.assert_allclose(out.sample_logits, gathered, rtol=1e-5, atol=1e-6)
+  assert bool(jnp.all(index_KxBxT < LENGTHS[None, :, None]))  # never a padded position
+  q_BxTxS = out.posterior_weights
+  np.testing.assert_allclose(jnp.sum(q_BxTxS, -1), 1.0, rtol=1e-5)
+  freq_BxTxS = jnp.mean(jax.nn.one_hot(index_KxBxT, INPUTS.shape[1]), axis=0)
+  sigma = np.sqrt(q_BxTxS * (1 - q_BxTxS) / 4000)
+  assert np.all(np.abs(freq_BxTxS - q_BxTxS) <= 5 * sigma + 1e-6)
+  # The prior is the attention's expected-context distribution: no draw from it.
+  assert out.attention.index is None
+
+
+def test_variational_model_reads_source_content_only_through_the_chosen_position():
+  # With an inference network, p(y_t | z_t = s) still depends on the source only through
+  # the value at s: changing one source symbol changes the logits at that position only.
+  model, variables = _variational()
+  changed = INPUTS.at[0, 1].set(9)
+
+  def position_logits(inputs):
+    return model.apply(variables, inputs, LENGTHS, DEC_INPUTS, enumerate_positions=True,
+                       posterior_targets=(TARGETS, TARGET_LENGTHS), num_samples=2,
+                       rngs={"attention": KEY}).position_logits  # fmt: skip
+
+  before, after = position_logits(INPUTS), position_logits(changed)
+  np.testing.assert_array_equal(np.delete(before, 1, axis=2), np.delete(after, 1, axis=2))
+  assert not np.allclose(before[0, :, 1], after[0, :, 1])
+
+
+def test_evaluation_never_uses_the_inference_network():
+  # Greedy decoding and the teacher-forced evaluation pass read the prior only: changing
+  # every posterior parameter changes neither.
+  model, variables = _variational()
+  params = variables["params"]
+  posterior_names = [n for n in params if n.startswith("posterior")]
+  assert set(posterior_names) >= {"posterior_embed", "posterior_encoder", "posterior_attention"}
+  noisy = dict(params)
+  for name in posterior_names:
+    noisy[name] = jax.tree.map(lambda x: x + 1.0, params[name])
+  for v in (variables, {"params": noisy}):
+    tokens, weights = greedy_decode(model, v, INPUTS, LENGTHS, max_len=6, mode=EvalMode.ARGMAX)
+    out = model.apply(v, INPUTS, LENGTHS, DEC_INPUTS, attention_override=EvalMode.ARGMAX,
+                      rngs={"attention": KEY})  # fmt: skip
+    if v is variables:
+      reference = (tokens, weights, out.logits)
+    else:
+      for a, b in zip(reference, (tokens, weights, out.logits), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+  # ... while q itself does change with them.
+  def q(v):
+    return model.apply(v, INPUTS, LENGTHS, DEC_INPUTS, posterior_targets=(TARGETS, TARGET_LENGTHS),
+                       rngs={"attention": KEY}).posterior_weights  # fmt: skip
+
+  assert not np.allclose(q(variables), q({"params": noisy}))
+
+
+def test_posterior_needs_an_inference_network_and_latent_draws_need_local_states():
+  model = build_model(dataclasses.replace(SMALL, attention="hard"))
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  with pytest.raises(ValueError, match="no inference network"):
+    model.apply(variables, INPUTS, LENGTHS, DEC_INPUTS,
+                posterior_targets=(TARGETS, TARGET_LENGTHS))  # fmt: skip
+  sampled = build_model(dataclasses.replace(SMALL, attention="hard", feedback="sampled"))
+  with pytest.raises(ValueError, match="feedback 'none' or 'expected'"):
+    sampled.apply(sampled.init(KEY, INPUTS, LENGTHS, DEC_INPUTS), INPUTS, LENGTHS, DEC_INPUTS,
+                  num_samples=2, rngs={"attention": KEY})  # fmt: skip

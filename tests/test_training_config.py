@@ -141,7 +141,51 @@ INVALID = [
   ({"optimizer.weight_decay": 0.1}, ["weight_decay=0.1", "adamw"]),
   (
     {"model.attention": "hard", "estimator.gradient": "enumerate", "model.rnn.feedback": "sampled"},
-    ["enumerated objective", "feedback"],
+    ["objective 'hard_enum'", "feedback"],
+  ),
+  (
+    {"estimator.gradient": "vimco", "estimator.num_samples": 4},  # soft attention
+    ["estimator.gradient='vimco'", "model.attention='hard'"],
+  ),
+  (
+    {"estimator.posterior": "inference_network"},  # soft attention
+    ["estimator.posterior='inference_network'", "model.attention='hard'"],
+  ),
+  ({"estimator.posterior": "amortised"}, ["estimator.posterior='amortised'", "inference_network"]),
+  (
+    {"model.attention": "hard", "estimator.gradient": "vimco"},
+    ["estimator.gradient='vimco' needs estimator.num_samples >= 2", "got 1"],
+  ),
+  (
+    {"model.attention": "hard", "estimator.kl_weight": 0.5},
+    ["config.estimator.kl_weight=0.5", "variational_enum"],
+  ),
+  (
+    {
+      "model.attention": "hard",
+      "estimator.posterior": "inference_network",
+      "estimator.gradient": "vimco",
+      "estimator.num_samples": 4,
+      "estimator.baseline": "rloo",
+    },
+    ["config.estimator.baseline='rloo'", "'vimco'"],
+  ),
+  (
+    {
+      "model.family": "transformer",
+      "model.attention": "hard",
+      "estimator.posterior": "inference_network",
+      "estimator.gradient": "enumerate",
+    },
+    ["estimator.posterior='inference_network' needs model.family='rnn'"],
+  ),
+  (
+    {
+      "model.attention": "hard",
+      "estimator.posterior": "inference_network",
+      "model.rnn.feedback": "sampled",
+    },
+    ["objective 'variational_reinforce'", "feedback"],
   ),
   (
     {"model.attention": "hard", "model.rnn.feedback": "sampled"},

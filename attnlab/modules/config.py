@@ -54,6 +54,10 @@ class RNNConfig:
     gumbel_temperature: Gumbel-softmax temperature (kind ``"gumbel"``).
     straight_through: straight-through Gumbel-softmax.
     learned_baseline: add a value head on the stop-gradient decoder state.
+    posterior: add the inference network of variational attention (Deng et al. 2018):
+      ``q(z_t | x, y)`` from a bidirectional RNN over the whole target whose state at step
+      ``t`` scores the source keys with a score of the same family as the prior's. Used in
+      training only; evaluation and greedy decoding use the prior (the attention).
     init_decoder_from_source: initialise the decoder state from the mean key (off by
       default: it lets the decoder bypass attention).
     init_decoder_from_length: add an embedding of the source length (a count, no symbol)
@@ -84,6 +88,7 @@ class RNNConfig:
   gumbel_temperature: float = 1.0
   straight_through: bool = False
   learned_baseline: bool = False
+  posterior: bool = False
   init_decoder_from_source: bool = False
   init_decoder_from_length: bool = True
   max_source_len: int = 64

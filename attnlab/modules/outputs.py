@@ -44,6 +44,13 @@ class Seq2SeqOutput(NamedTuple):
       when enumeration was requested and is exact (single-head RNN decoder whose feedback
       does not depend on the sampled position); else ``None``.
     baseline: ``[B, T]`` learned-baseline prediction (value head), when the model has one.
+    posterior_weights: ``[B, T, S]`` float32 variational posterior ``q(z_t | x, y)`` (0 at
+      masked positions), when the targets were given to a model with an inference network;
+      else ``None``.
+    sample_index: ``[K, B, T]`` int32 positions drawn from the posterior (or, without one,
+      from the attention distribution) when ``num_samples=K`` was requested; else ``None``.
+    sample_logits: ``[K, B, T, V]`` logits with the value at each drawn position, under the
+      same decoder states (the decoder is run once for all ``K``); else ``None``.
   """
 
   logits: chex.Array
@@ -51,3 +58,6 @@ class Seq2SeqOutput(NamedTuple):
   soft_logits: chex.Array | None = None
   position_logits: chex.Array | None = None
   baseline: chex.Array | None = None
+  posterior_weights: chex.Array | None = None
+  sample_index: chex.Array | None = None
+  sample_logits: chex.Array | None = None

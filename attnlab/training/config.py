@@ -20,7 +20,14 @@ soft | sparsemax | entmax15 | gumbel            ``Objective.SOFT``
 marginal                                        ``Objective.MARGINAL``
 hard, estimator.gradient=enumerate              ``Objective.HARD_ENUM``
 hard, estimator.gradient=reinforce              ``Objective.REINFORCE``
+hard, estimator.gradient=vimco                  ``Objective.VIMCO`` (proposal: α)
+hard, posterior, estimator.gradient=enumerate   ``Objective.VARIATIONAL_ENUM``
+hard, posterior, estimator.gradient=reinforce   ``Objective.VARIATIONAL_REINFORCE``
+hard, posterior, estimator.gradient=vimco       ``Objective.VIMCO`` (proposal: q)
 ==============================================  =========================
+
+("posterior" is ``estimator.posterior='inference_network'``: variational attention, Deng et
+al. 2018; the RNN family only.)
 
 The ``marginal`` layer computes soft attention: its weights are the alignment distribution α
 the marginal enumerates, and no sample is drawn.
@@ -51,6 +58,14 @@ class Gradient(Choice):
 
   REINFORCE = "reinforce"  # score-function estimate from K sampled alignments.
   ENUMERATE = "enumerate"  # exact gradient by enumerating every source position.
+  VIMCO = "vimco"  # the K-sample bound log mean_k w_k, VIMCO's leave-one-out gradient.
+
+
+class Posterior(Choice):
+  """``config.estimator.posterior``: what proposes the alignments of a latent objective."""
+
+  NONE = "none"  # the attention itself (hard attention).
+  INFERENCE_NETWORK = "inference_network"  # q(z|x,y) of variational attention.
 
 
 # ``config.model.eval_mode`` besides the EvalMode names: argmax for hard, marginal and
@@ -206,12 +221,19 @@ def _require(condition: bool, message: str) -> None:
 
 # Model fields the trainer derives from the rest of the config (never set directly).
 _DERIVED_MODEL_FIELDS = (
-    "vocab_size", "attention", "score", "learned_baseline", "bos_id", "eos_id"
+    "vocab_size", "attention", "score", "learned_baseline", "posterior", "bos_id", "eos_id"
 )  # fmt: skip
 
 
-def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: bool):
+def _model_config(
+  read: _Reader, attention: AttentionKind, task: Any, learned: bool, posterior: bool
+):
   family = read.choice("model.family", Family)
+  _require(
+    not posterior or family is Family.RNN,
+    f"config.estimator.posterior='inference_network' needs model.family='rnn', got "
+    f"{family.value!r}.",
+  )
   score = read.choice("model.score", ScoreKind)
   config_cls = {Family.RNN: modules.RNNConfig, Family.TRANSFORMER: modules.TransformerConfig}
   # Both families' sections are part of the schema; only the chosen one is used.
@@ -242,6 +264,8 @@ def _model_config(read: _Reader, attention: AttentionKind, task: Any, learned: b
     f"config.{section}.max_source_len={max_source_len} is too small; task "
     f"{task.name!r} has sources of up to {longest} tokens (OOD split included).",
   )
+  if posterior:  # Only the RNN family has an inference network.
+    kwargs["posterior"] = True
   try:
     return config_cls[family](
       vocab_size=vocab_size,
@@ -267,46 +291,74 @@ def _objective_config(read: _Reader, attention: AttentionKind) -> objectives.Obj
     mix_probability=read.number("estimator.mix_probability", float, low=0, high=1),
     ema_decay=read.number("estimator.ema_decay", float, low=0, high=1),
     baseline_loss_coef=read.number("estimator.baseline_loss_coef", float, low=0),
+    kl_weight=read.number("estimator.kl_weight", float, low=0),
   )
+  posterior = read.choice("estimator.posterior", Posterior) is Posterior.INFERENCE_NETWORK
   ema_decay = settings["ema_decay"]
   _require(ema_decay < 1, f"config.estimator.ema_decay={ema_decay!r} is invalid; expected < 1.")
 
+  Objective = objectives.Objective
+  _require(
+    attention is AttentionKind.HARD or (gradient is not Gradient.VIMCO and not posterior),
+    f"config.estimator.gradient={gradient.value!r} / estimator.posterior="
+    f"{'inference_network' if posterior else 'none'!r} need model.attention='hard' (a "
+    f"latent alignment), got {attention.value!r}.",
+  )
   if attention is AttentionKind.HARD:
-    objective = (
-      objectives.Objective.REINFORCE
-      if gradient is Gradient.REINFORCE
-      else objectives.Objective.HARD_ENUM
-    )
+    objective = {
+      (Gradient.REINFORCE, False): Objective.REINFORCE,
+      (Gradient.ENUMERATE, False): Objective.HARD_ENUM,
+      (Gradient.VIMCO, False): Objective.VIMCO,
+      (Gradient.REINFORCE, True): Objective.VARIATIONAL_REINFORCE,
+      (Gradient.ENUMERATE, True): Objective.VARIATIONAL_ENUM,
+      (Gradient.VIMCO, True): Objective.VIMCO,
+    }[gradient, posterior]
   elif attention is AttentionKind.MARGINAL:
-    objective = objectives.Objective.MARGINAL
+    objective = Objective.MARGINAL
   else:
-    objective = objectives.Objective.SOFT
+    objective = Objective.SOFT
 
-  if objective is not objectives.Objective.REINFORCE:
-    # Settings that only a sampled (REINFORCE) gradient uses must keep their neutral value,
-    # so that a comparison never reports a method under settings it silently ignored.
-    neutral = {
-      "estimator.baseline": ("baseline", BaselineKind.NONE),
-      "estimator.num_samples": ("num_samples", 1),
-      "estimator.reward": ("credit", CreditAssignment.PER_STEP),
-      "estimator.mix_probability": ("mix_probability", 0.0),
-    }
-    for path, (field, expected) in neutral.items():
-      value = settings[field]
-      shown = value.value if isinstance(value, Choice) else value
-      shown_expected = expected.value if isinstance(expected, Choice) else expected
-      _require(
-        value == expected,
-        f"config.{path}={shown!r} only applies to model.attention='hard' with "
-        f"estimator.gradient='reinforce' (objective here: {objective.value!r}); "
-        f"expected {shown_expected!r}.",
-      )
+  # Settings that an objective does not use must keep their neutral value, so that a
+  # comparison never reports a method under settings it silently ignored.
+  sampled = (Objective.REINFORCE, Objective.VARIATIONAL_REINFORCE)
+  uses = {  # setting -> (objectives that use it, its neutral value)
+    "estimator.baseline": (sampled, ("baseline", BaselineKind.NONE)),
+    "estimator.num_samples": ((*sampled, Objective.VIMCO), ("num_samples", 1)),
+    "estimator.reward": ((Objective.REINFORCE,), ("credit", CreditAssignment.PER_STEP)),
+    "estimator.mix_probability": ((Objective.REINFORCE,), ("mix_probability", 0.0)),
+    "estimator.kl_weight": (
+      (Objective.VARIATIONAL_ENUM, Objective.VARIATIONAL_REINFORCE, Objective.VIMCO),
+      ("kl_weight", 1.0),
+    ),
+  }
+  for path, (users, (field, expected)) in uses.items():
+    value = settings[field]
+    if objective in users or value == expected:
+      continue
+    shown = value.value if isinstance(value, Choice) else value
+    shown_expected = expected.value if isinstance(expected, Choice) else expected
+    raise ConfigError(
+      f"config.{path}={shown!r} only applies to model.attention='hard' with the objectives "
+      f"{[o.value for o in users]} "
+      f"(objective here: {objective.value!r}); expected {shown_expected!r}."
+    )
+  _require(
+    objective is not Objective.VIMCO or settings["num_samples"] >= 2,
+    f"config.estimator.gradient='vimco' needs estimator.num_samples >= 2, got "
+    f"{settings['num_samples']}.",
+  )
+  _require(
+    objective is not Objective.VARIATIONAL_REINFORCE
+    or settings["baseline"] is not BaselineKind.LEARNED,
+    "config.estimator.baseline='learned' is not supported with estimator.posterior="
+    "'inference_network'; valid: none, ema, rloo, soft.",
+  )
   num_samples = settings["num_samples"]
   _require(
     settings["baseline"] is not BaselineKind.RLOO or num_samples >= 2,
     f"config.estimator.baseline='rloo' needs estimator.num_samples >= 2, got {num_samples}.",
   )
-  return objectives.ObjectiveConfig(objective=objective, **settings)
+  return objectives.ObjectiveConfig(objective=objective, posterior=posterior, **settings)
 
 
 def _optimizer_config(read: _Reader, steps: int) -> OptimizerConfig:
@@ -387,15 +439,16 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
   attention = read.choice("model.attention", AttentionKind)
   objective = _objective_config(read, attention)
   learned = objective.baseline is BaselineKind.LEARNED
-  model = _model_config(read, attention, task, learned)
+  model = _model_config(read, attention, task, learned, objective.posterior)
   eval_mode = _eval_mode(read("model.eval_mode"), attention, model)
   optimizer = _optimizer_config(read, train.steps)
 
-  if objective.needs_enumeration:
+  if objective.latent:
     feedback = getattr(model, "feedback", None)
     _require(
       isinstance(model, modules.RNNConfig) and feedback in (Feedback.NONE, Feedback.EXPECTED),
-      f"model.attention={attention.value!r} with an enumerated objective needs "
+      f"model.attention={attention.value!r} with the objective {objective.objective.value!r} "
+      "(it scores alignments under decoder states that ignore them) needs "
       f"model.family='rnn' and model.rnn.feedback in ['none', 'expected'] (got family "
       f"{type(model).__name__}, feedback {getattr(feedback, 'value', feedback)!r}).",
     )

@@ -11,6 +11,25 @@ position attended at target step ``t``), and attnlab keeps them apart:
 * ``REINFORCE``  the same bound, its gradient estimated from K sampled alignments with a
   score-function estimator, a baseline and an optional entropy bonus.
 
+Variational attention (Deng et al. 2018) adds an inference network ``q(z_t | x, y)`` that
+sees the target; the attention ``α`` becomes the prior, trained towards ``q`` by the KL:
+
+* ``VARIATIONAL_ENUM``       ``Σ_t [Σ_z q_tz log p(y_t | z) - β KL(q_t ‖ α_t)]``: the exact
+  ELBO and its exact gradient, by enumeration (the variational estimators' reference).
+* ``VARIATIONAL_REINFORCE``  the same ELBO with ``E_q[log p(y_t | z)]`` estimated from K draws
+  ``z ~ q`` (score function for ``q``, with a baseline: ``soft``, Deng et al.'s recipe, is
+  the log-likelihood of the prior's expected context; ``rloo`` the other draws' mean); the
+  KL stays exact.
+* ``VIMCO``                  the multi-sample bound ``Σ_t log (1/K) Σ_k w_tk``, ``w_tk =
+  α(z_k) p(y_t | z_k) / q(z_k)``, with the VIMCO gradient (Mnih & Rezende 2016); the
+  proposal ``q`` is the inference network, or the attention itself without one (then
+  ``w_tk = p(y_t | z_k)``: a multi-sample bound for hard attention between the Jensen
+  bound and the marginal likelihood).
+
+Per step ``t`` the bounds add up because ``z_t`` affects only step ``t`` (decoders that feed
+back nothing or the expected context), so every bound here is a sum of per-step bounds.
+Evaluation decodes with the prior (the attention) alone: ``q`` never sees a test target.
+
 Enumeration needs ``Seq2SeqOutput.position_logits`` (the model computes ``p(y_t | z)`` for
 every ``z``), which exists when the decoder's future does not depend on the sample (RNN
 family, feedback "none" or "expected").
@@ -40,6 +59,9 @@ class Objective(Choice):
   MARGINAL = "marginal"  # exact marginal likelihood, by enumerating the alignments.
   HARD_ENUM = "hard_enum"  # hard attention's Jensen bound with its exact gradient.
   REINFORCE = "reinforce"  # the same bound, its gradient estimated from K samples.
+  VARIATIONAL_ENUM = "variational_enum"  # the ELBO with an inference network, exactly.
+  VARIATIONAL_REINFORCE = "variational_reinforce"  # the ELBO, E_q estimated from draws.
+  VIMCO = "vimco"  # the K-sample bound with the VIMCO gradient.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +83,9 @@ class ObjectiveConfig:
     mix_scope: :class:`attnlab.estimators.MixScope`, per example or per batch.
     ema_decay: decay of the EMA baseline (Xu et al. 2015: 0.9).
     baseline_loss_coef: weight of the learned baseline's regression loss.
+    posterior: train with the model's inference network ``q(z | x, y)`` (variational
+      objectives; VIMCO's proposal); else the attention is the proposal.
+    kl_weight: ``β`` of the KL term (1: the ELBO; variational objectives only).
   """
 
   objective: Objective = Objective.SOFT
@@ -72,6 +97,8 @@ class ObjectiveConfig:
   mix_scope: estimators.MixScope = estimators.MixScope.PER_EXAMPLE
   ema_decay: float = 0.9
   baseline_loss_coef: float = 1.0
+  posterior: bool = False
+  kl_weight: float = 1.0
 
   def __post_init__(self):
     for field, cls in (
@@ -89,10 +116,34 @@ class ObjectiveConfig:
       raise ValueError(f"mix_probability={self.mix_probability} must be in [0, 1].")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1).")
+    variational = (Objective.VARIATIONAL_ENUM, Objective.VARIATIONAL_REINFORCE)
+    if self.objective in variational and not self.posterior:
+      raise ValueError(f"objective {self.objective.value!r} needs posterior=True.")
+    if self.posterior and self.objective not in (*variational, Objective.VIMCO):
+      raise ValueError(
+        f"posterior=True applies to {[o.value for o in (*variational, Objective.VIMCO)]}, "
+        f"not {self.objective.value!r}."
+      )
+    if self.objective is Objective.VIMCO and self.num_samples < 2:
+      raise ValueError(f"objective 'vimco' needs num_samples >= 2, got {self.num_samples}.")
+    if self.kl_weight < 0.0:
+      raise ValueError(f"kl_weight={self.kl_weight} must be >= 0.")
 
   @property
   def needs_enumeration(self) -> bool:
-    return self.objective in (Objective.MARGINAL, Objective.HARD_ENUM)
+    return self.objective in (
+      Objective.MARGINAL,
+      Objective.HARD_ENUM,
+      Objective.VARIATIONAL_ENUM,
+    )
+
+  @property
+  def latent(self) -> bool:
+    """Whether the objective scores alignments under decoder states that ignore them."""
+    return self.needs_enumeration or self.objective in (
+      Objective.VARIATIONAL_REINFORCE,
+      Objective.VIMCO,
+    )
 
 
 class ObjectiveState(NamedTuple):
@@ -164,7 +215,7 @@ def _entropy_bonus(entropy: chex.Array, mask: chex.Array, coefficient: float) ->
   return estimators.entropy_bonus(entropy, mask, coefficient) / num_tokens
 
 
-def _apply(model, params, batch, key, *, enumerate_positions=False):
+def _apply(model, params, batch, key, **kwargs):
   # Training passes: a "dropout" stream too (models with dropout > 0 use it; evaluation,
   # which does not pass one, stays deterministic).
   dropout_key = jax.random.fold_in(key, 0x44524F50)  # "DROP"
@@ -173,8 +224,8 @@ def _apply(model, params, batch, key, *, enumerate_positions=False):
     batch.inputs,
     batch.input_lengths,
     tasks.decoder_inputs(batch.targets),
-    enumerate_positions=enumerate_positions,
     rngs={"attention": key, "dropout": dropout_key},
+    **kwargs,
   )
 
 
@@ -268,6 +319,101 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   return bound_loss, extra_loss - bonus, metric_values, new_state
 
 
+def _gather_S(x_BxTxS: chex.Array, index_KxBxT: chex.Array) -> chex.Array:
+  """``x[b, t, index[k, b, t]]``: ``[K, B, T]``."""
+  return jnp.take_along_axis(x_BxTxS[None], index_KxBxT[..., None], axis=-1)[..., 0]
+
+
+def _latent_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS):
+  """(bound loss, extra loss, metrics, new state) of the variational and VIMCO objectives."""
+  enum = cfg.objective is Objective.VARIATIONAL_ENUM
+  out = _apply(
+    model,
+    params,
+    batch,
+    key,
+    enumerate_positions=enum,
+    posterior_targets=(batch.targets, batch.target_lengths) if cfg.posterior else None,
+    num_samples=0 if enum else cfg.num_samples,
+  )
+  log_p_BxTxS = _log_alignment(out.attention.weights.astype(jnp.float32), source_mask_BxS)
+  log_q_BxTxS = log_p_BxTxS
+  if cfg.posterior:
+    log_q_BxTxS = _log_alignment(out.posterior_weights.astype(jnp.float32), source_mask_BxS)
+  mask_BxTxS = jnp.broadcast_to(source_mask_BxS[:, None, :], log_p_BxTxS.shape)
+  over_steps = lambda fn: jax.vmap(jax.vmap(fn))
+  kl_BxT = over_steps(estimators.categorical_kl)(log_q_BxTxS, log_p_BxTxS, mask_BxTxS)
+  q_BxTxS = jnp.where(mask_BxTxS, jnp.exp(log_q_BxTxS), 0.0)
+  posterior_entropy_BxT = -jnp.sum(q_BxTxS * log_q_BxTxS, axis=-1)
+  metric_values = {
+    "kl": _masked_mean(kl_BxT, target_mask_BxT),
+    "attention_entropy": _masked_mean(out.attention.entropy, target_mask_BxT),
+    "posterior_entropy": _masked_mean(posterior_entropy_BxT, target_mask_BxT),
+  }
+  n_tokens = jnp.maximum(jnp.sum(target_mask_BxT.astype(jnp.float32)), 1.0)
+  if enum:
+    log_lik_BxTxS = _position_log_likelihood(out, batch.targets)
+    elbo_BxT = over_steps(
+      lambda q, p, lik, m: estimators.enumerated_elbo(q, p, lik, m, kl_weight=cfg.kl_weight)
+    )(log_q_BxTxS, log_p_BxTxS, log_lik_BxTxS, mask_BxTxS)
+    bound_loss = -_masked_mean(elbo_BxT, target_mask_BxT)
+    expected_log_lik_BxT = elbo_BxT + cfg.kl_weight * kl_BxT
+    metric_values["nll"] = -_masked_mean(expected_log_lik_BxT, target_mask_BxT)
+    metric_values["token_accuracy"] = _masked_mean(
+      (jnp.argmax(out.logits, -1) == batch.targets).astype(jnp.float32), target_mask_BxT
+    )
+  else:
+    log_lik_KxBxT = jax.vmap(_token_log_likelihood, (0, None))(out.sample_logits, batch.targets)
+    mask_KxBxT = jnp.broadcast_to(target_mask_BxT[None], log_lik_KxBxT.shape)
+    log_q_KxBxT = _gather_S(log_q_BxTxS, out.sample_index)
+    metric_values["nll"] = -_masked_mean(log_lik_KxBxT, mask_KxBxT)
+    metric_values["token_accuracy"] = _masked_mean(
+      (jnp.argmax(out.sample_logits, -1) == batch.targets[None]).astype(jnp.float32), mask_KxBxT
+    )
+    if cfg.objective is Objective.VIMCO:
+      # log w = β (log α(z) - log q(z)) + log p(y | z); without a posterior q = α, so w = p(y|z).
+      log_w_KxBxT = (
+        cfg.kl_weight * (_gather_S(log_p_BxTxS, out.sample_index) - log_q_KxBxT) + log_lik_KxBxT
+      )
+      # Padded steps hold arbitrary values: zero them before the per-step surrogate.
+      clean = lambda x: jnp.moveaxis(jnp.where(mask_KxBxT, x, 0.0), 0, -1)  # [B, T, K]
+      surrogate_BxT = over_steps(estimators.vimco_surrogate)(clean(log_q_KxBxT), clean(log_w_KxBxT))
+      bound_loss = jnp.sum(jnp.where(target_mask_BxT, surrogate_BxT, 0.0)) / n_tokens
+      metric_values["bound"] = -bound_loss
+    else:  # VARIATIONAL_REINFORCE: E_q[log p(y|z)] from draws, the KL exact.
+      baseline_KxBxT = estimators.select_baseline(
+        cfg.baseline,
+        log_lik_KxBxT,
+        ema_state=state.ema,
+        # The prior's expected context under the same decoder states (Deng et al. 2018).
+        soft_reward=jnp.broadcast_to(
+          _token_log_likelihood(out.logits, batch.targets)[None], log_lik_KxBxT.shape
+        )
+        if cfg.baseline is estimators.BaselineKind.SOFT
+        else None,
+      )
+      surrogate = estimators.score_function_surrogate(
+        log_q_KxBxT, log_lik_KxBxT, baseline_KxBxT, mask=mask_KxBxT
+      )
+      mask_f = mask_KxBxT.astype(jnp.float32)
+      n_draws = jnp.maximum(jnp.sum(mask_f), 1.0)
+      expected_log_lik = (jnp.sum(log_lik_KxBxT * mask_f) - surrogate) / n_draws
+      bound_loss = -expected_log_lik + cfg.kl_weight * _masked_mean(kl_BxT, target_mask_BxT)
+      advantage = jax.lax.stop_gradient(log_lik_KxBxT - baseline_KxBxT)
+      metric_values["advantage_rms"] = jnp.sqrt(_masked_mean(advantage**2, mask_KxBxT))
+      if cfg.baseline is estimators.BaselineKind.EMA:
+        state = ObjectiveState(
+          ema=estimators.ema_baseline_update(
+            state.ema,
+            log_lik_KxBxT.reshape((-1, log_lik_KxBxT.shape[-1])),
+            mask_KxBxT.reshape((-1, mask_KxBxT.shape[-1])),
+            decay=cfg.ema_decay,
+          )
+        )
+  bonus = _entropy_bonus(out.attention.entropy, target_mask_BxT, cfg.entropy_coef)
+  return bound_loss, -bonus, metric_values, state
+
+
 def _objective_terms(params, model, batch, key, cfg, state):
   """(estimator loss, extra loss, metrics, new state) for every objective."""
   batch = jax.tree.map(jnp.asarray, batch)
@@ -276,6 +422,8 @@ def _objective_terms(params, model, batch, key, cfg, state):
   source_mask_BxS = metrics.target_mask(batch.input_lengths, batch.inputs.shape[1])
   if cfg.objective is Objective.REINFORCE:
     return _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT)
+  if cfg.objective in (Objective.VARIATIONAL_REINFORCE, Objective.VIMCO) or cfg.posterior:
+    return _latent_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS)
 
   out = _apply(model, params, batch, key, enumerate_positions=cfg.needs_enumeration)
   entropy = _masked_mean(out.attention.entropy, target_mask_BxT)
@@ -331,7 +479,10 @@ def gradient_probe(params, model, batch, key, cfg: ObjectiveConfig, state, num_s
   The estimate is the gradient of the objective's own term (bound or likelihood), without
   the entropy bonus or the learned baseline's regression loss, so that estimators of the
   same objective are compared like for like. For hard-attention models whose bound can be
-  enumerated, the exact reference is the ``HARD_ENUM`` gradient, giving cosine and bias.
+  enumerated, the exact reference is the ``HARD_ENUM`` gradient, giving cosine and bias;
+  with an inference network (variational objectives, VIMCO with the posterior as proposal)
+  it is the exact ELBO's gradient (``VARIATIONAL_ENUM``). VIMCO estimates the gradient of
+  another, tighter bound, so its "bias" includes the difference between the two bounds.
 
   Returns:
     dict with ``grad/variance``, ``grad/snr`` and, where enumerable, ``grad/cosine`` and
@@ -344,7 +495,8 @@ def gradient_probe(params, model, batch, key, cfg: ObjectiveConfig, state, num_s
 
   exact = None
   if _is_enumerable(params, model, batch, key):
-    exact_cfg = dataclasses.replace(cfg, objective=Objective.HARD_ENUM)
+    exact_objective = Objective.VARIATIONAL_ENUM if cfg.posterior else Objective.HARD_ENUM
+    exact_cfg = dataclasses.replace(cfg, objective=exact_objective)
     exact = jax.grad(lambda p: _objective_terms(p, model, batch, key, exact_cfg, state)[0])(params)
   stats = estimators.gradient_estimate_stats(estimate, key, num_samples, exact=exact)
   return {f"grad/{name}": value for name, value in stats.items() if value is not None}
