@@ -205,9 +205,15 @@ def test_variational_enum_is_the_elbo_by_hand():
   model, params, batch = _variational_setup()
   cfg = ObjectiveConfig(objective="variational_enum", posterior=True, kl_weight=0.7)
   loss, aux = _loss(model, params, batch, cfg)
-  out = model.apply(params, batch.inputs, batch.input_lengths, tasks.decoder_inputs(batch.targets),
-                    enumerate_positions=True, posterior_targets=(batch.targets, batch.target_lengths),
-                    rngs={"attention": jax.random.key(2)})  # fmt: skip
+  out = model.apply(
+    params,
+    batch.inputs,
+    batch.input_lengths,
+    tasks.decoder_inputs(batch.targets),
+    enumerate_positions=True,
+    posterior_targets=(batch.targets, batch.target_lengths),
+    rngs={"attention": jax.random.key(2)},
+  )
   p = np.asarray(out.attention.weights, np.float64)
   q = np.asarray(out.posterior_weights, np.float64)
   log_softmax = jax.nn.log_softmax(np.asarray(out.position_logits, np.float64), axis=-1)
