@@ -98,3 +98,15 @@ def test_docs_example_runs_and_does_what_it_says(name, monkeypatch):
     assert re.match(_PRINTS[name], printed.getvalue()), printed.getvalue()
   if name in _CHECKS:
     _CHECKS[name](namespace)
+
+
+def test_getting_started_shows_the_readmes_two_commands_verbatim():
+  # The README is their home (.ci/run runs its test command); the docs copy them.
+  def two_commands(text):
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+
+  readme = (DOCS.parent / "README.md").read_text()
+  commands = two_commands(readme)
+  assert len(commands) == 2
+  assert two_commands((DOCS / "getting-started.md").read_text()) == commands
