@@ -2,6 +2,7 @@
 
 import collections
 
+import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -47,10 +48,11 @@ def read_events(run: str) -> dict:
 
 
 def scalar_rows(rows) -> dict:
-  """What the events of ``metrics.jsonl`` rows must hold: ``{tag: [(step, value), ...]}``."""
+  """What the events of ``metrics.jsonl`` rows must hold: ``{tag: [(step, value), ...]}``,
+  each value as TensorBoard stores it (float32)."""
   expected = collections.defaultdict(list)
   for row in rows:
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        expected[key].append((row["step"], value))
+        expected[key].append((row["step"], float(np.float32(value))))
   return dict(expected)
