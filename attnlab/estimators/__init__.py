@@ -9,6 +9,11 @@ through that choice must be estimated. Three objectives are kept apart (Deng et 
     :func:`enumerated_bound`, or estimated with REINFORCE:
     :func:`score_function_surrogate` + a baseline + credit assignment.
 
+Variational attention trains a posterior ``q(z | x, y)`` beside the prior ``α``: the ELBO
+``E_q[log p(y | z)] - KL(q ‖ α)`` exactly by :func:`enumerated_elbo` (with
+:func:`categorical_kl`), or from samples; :func:`vimco_surrogate` estimates the gradient of
+the multi-sample bound :func:`multi_sample_bound` (Mnih & Rezende 2016).
+
 Every function is pure, for one example (``vmap`` outward) or elementwise, and works under
 ``jit`` and ``vmap``. :func:`gradient_estimate_stats` measures an estimator against the
 enumerated gradient.
@@ -31,6 +36,12 @@ from attnlab.estimators.enumeration import enumerated_bound, marginal_log_likeli
 from attnlab.estimators.gumbel import gumbel_softmax
 from attnlab.estimators.mixing import MixScope, expectation_mask, mix_with_expectation
 from attnlab.estimators.surrogate import score_function_surrogate
+from attnlab.estimators.variational import (
+  categorical_kl,
+  enumerated_elbo,
+  multi_sample_bound,
+  vimco_surrogate,
+)
 
 __all__ = [
   "BaselineKind",
@@ -38,11 +49,13 @@ __all__ = [
   "EmaBaseline",
   "MixScope",
   "assign_credit",
+  "categorical_kl",
   "ema_baseline_init",
   "ema_baseline_update",
   "ema_baseline_value",
   "entropy_bonus",
   "enumerated_bound",
+  "enumerated_elbo",
   "expectation_mask",
   "gradient_estimate_stats",
   "gumbel_softmax",
@@ -50,7 +63,9 @@ __all__ = [
   "leave_one_out_baseline",
   "marginal_log_likelihood",
   "mix_with_expectation",
+  "multi_sample_bound",
   "reward_to_go",
   "score_function_surrogate",
   "select_baseline",
+  "vimco_surrogate",
 ]

@@ -24,19 +24,23 @@ import jax.numpy as jnp
 _F32 = jnp.float32
 
 
-def _prepare(log_alpha_S, log_lik_S, mask_S):
-  chex.assert_rank([log_alpha_S, log_lik_S], 1)
-  chex.assert_equal_shape([log_alpha_S, log_lik_S])
+def masked_rows(mask_S, *rows_S):
+  """Checks ``[S]`` rows and their mask; returns ``(float32 rows with 0 at masked entries,
+  mask)``. Masked entries may hold -inf/NaN (padding): they are replaced before any
+  arithmetic, so neither a value nor a gradient can see them."""
+  chex.assert_rank(rows_S, 1)
+  chex.assert_equal_shape(rows_S)
   if mask_S is None:
-    mask_S = jnp.ones(log_alpha_S.shape, bool)
+    mask_S = jnp.ones(rows_S[0].shape, bool)
   else:
-    chex.assert_equal_shape([log_alpha_S, mask_S])
+    chex.assert_equal_shape([rows_S[0], mask_S])
     if mask_S.dtype != jnp.bool_:
       raise TypeError(f"mask_S must be boolean (True = valid position), got {mask_S.dtype}.")
-  # Masked entries may hold -inf/NaN (padding): replace them before any arithmetic so that
-  # neither the value nor the gradient can see them.
-  log_alpha_S = jnp.where(mask_S, log_alpha_S.astype(_F32), 0.0)
-  log_lik_S = jnp.where(mask_S, log_lik_S.astype(_F32), 0.0)
+  return tuple(jnp.where(mask_S, row.astype(_F32), 0.0) for row in rows_S), mask_S
+
+
+def _prepare(log_alpha_S, log_lik_S, mask_S):
+  (log_alpha_S, log_lik_S), mask_S = masked_rows(mask_S, log_alpha_S, log_lik_S)
   return log_alpha_S, log_lik_S, mask_S
 
 
