@@ -19,8 +19,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard_events import read_events, scalar_rows
 
-from attnlab.training import checkpoints, loop, overrides, rundir, step
+from attnlab.training import checkpoints, events, loop, overrides, rundir, step
 from attnlab.training import config as config_lib
 from configs import default as default_config
 
@@ -376,3 +377,34 @@ def test_inactive_seed_keeps_its_state_exactly():
   assert not np.array_equal(
     np.asarray(jax.tree.leaves(state.params)[0])[0], np.asarray(jax.tree.leaves(new.params)[0])[0]
   )
+
+
+def test_tensorboard_events_hold_the_metrics_rows_also_after_a_kill_and_resume(
+  reference_run, tmp_path
+):
+  reference_dir, _ = reference_run
+  reference = read_events(reference_dir)
+  assert reference["scalars"] == scalar_rows(rundir.read_metrics(reference_dir))
+  assert set(reference["images"]) == {"heatmaps", "learning_curve"} and reference["ended"]
+  assert reference["hparams"]["task"] == "copy" and reference["hparams"]["seed"] == 0
+  assert reference["hparams"]["model.attention"] == "hard"
+  assert '"steps": 8' in reference["text"]["config"]
+
+  workdir = str(tmp_path / "run")
+
+  def interrupt_at_6(step, rows):
+    del rows
+    if step == 6:  # After the checkpoint at 4: the rows of 5-6 are redone on resume.
+      raise _Interrupt
+
+  with pytest.raises(_Interrupt):
+    loop.train_seeds(_config(), [0], [workdir], callback=interrupt_at_6)
+  killed = read_events(workdir)
+  assert [s for s, _ in killed["scalars"]["train/loss"]] == [1, 2, 4, 6]  # Flushed as written.
+  assert not killed["ended"] and not killed["images"]
+
+  loop.train_seeds(_config(), [0], [workdir])
+  resumed = read_events(workdir)
+  assert resumed["scalars"] == scalar_rows(rundir.read_metrics(workdir))
+  assert [s for s, _ in resumed["scalars"]["train/loss"]] == [1, 2, 4, 6, 8]  # Each step once.
+  assert resumed["ended"] and len(events.event_files(workdir)) == 1

@@ -271,9 +271,9 @@ def dispatch_implementation(
   ``jit``, or for another backend.
 
   Args:
-    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
-      key_value_seq_lengths, local_window_size, implementation: as in
-      :func:`dot_product_attention`.
+    query: as in :func:`dot_product_attention`; so are ``key``, ``value``, ``bias``,
+      ``mask``, ``scale``, ``is_causal``, ``query_seq_lengths``, ``key_value_seq_lengths``,
+      ``local_window_size`` and ``implementation``.
     backend: the platform to decide for; default ``jax.default_backend()``.
 
   Returns:

@@ -6,4 +6,6 @@
   processes, shardable) and ``measure_seed_speedup``.
 * :mod:`~attnlab.sweep.table`: ``results.csv`` and ``table.md`` from the run directories.
 * :mod:`~attnlab.sweep.plots`: per-task learning curves of every method.
+* :mod:`~attnlab.sweep.export`: a finished sweep's TensorBoard event files (from its runs or
+  ``results.csv``).
 """

@@ -436,3 +436,36 @@ def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) 
   problems: list[str] = []
   plot_paths = tuple(write_comparison_plots(workdir, grid, problems)) if with_plots else ()
   return Rebuilt(csv_path, md_path, plot_paths, tuple(rows), tuple(problems))
+
+
+def _parse_csv_value(text: str) -> Any:
+  """A results.csv cell back as a value: empty -> None, True/False, numbers, else the text."""
+  if text == "":
+    return None
+  if text in ("True", "False"):
+    return text == "True"
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    return float(text)
+  except ValueError:
+    return text
+
+
+def read_results_csv(path: str) -> list[dict[str, Any]]:
+  """The rows of a ``results.csv`` (:func:`write_results_csv`), with typed values.
+
+  Args:
+    path: the file.
+
+  Returns:
+    One dict per run, every column present: ``None`` for an empty cell, booleans, ints and
+    floats as such, other cells as text.
+
+  Raises:
+    FileNotFoundError: no such file.
+  """
+  with open(path, newline="") as f:
+    return [{k: _parse_csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]

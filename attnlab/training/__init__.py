@@ -12,6 +12,7 @@
 * :mod:`~attnlab.training.checkpoints`: orbax checkpoints of one run.
 * :mod:`~attnlab.training.rundir`: the run directory (file names, atomic writes, tolerant
   readers, summary keys, run status); the sweep reads runs through it too.
+* :mod:`~attnlab.training.events`: the run's TensorBoard event files (tensorboardX).
 * :mod:`~attnlab.training.plots`: a run's heatmaps and learning curve.
 
 Nothing is imported here, so that reading a run directory does not load the trainer.

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from attnlab import modules
-from attnlab.training import checkpoints, objectives, plots, rundir, sharding
+from attnlab.training import checkpoints, events, objectives, plots, rundir, sharding
 from attnlab.training import config as config_lib
 from attnlab.training import step as step_lib
 from attnlab.training.step import CompiledRun, Stream, TrainState
@@ -174,6 +174,8 @@ def train_seeds(
     ``ms_per_step`` (one vmapped step of all seeds together), ``completed: true``.
   * ``checkpoints/`` (orbax, every ``checkpoint_every`` steps and at the end),
     ``heatmaps.png``, ``learning_curve.png``.
+  * ``events.out.tfevents.*``: the same rows, config, hyperparameters and figures for
+    TensorBoard (:mod:`attnlab.training.events`).
 
   Re-running on the same workdirs resumes from the newest checkpoint all of them hold; the
   data and key streams are stateless in (seed, step), so the result equals an uninterrupted
@@ -237,8 +239,13 @@ def _train_locked(run, layout, config_dicts, seeds, workdirs, callback, loss_fn)
   _log.info("%d seed(s) on %s", len(seeds), layout.describe())
   compiled = step_lib.compile_run(run, loss_fn, layout)
   checkpointers = [checkpoints.RunCheckpointer(w, run.train.keep_checkpoints) for w in workdirs]
+  # TensorBoard event files beside metrics.jsonl (process 0 only, like every run file).
+  sinks = [
+    events.RunEvents(w, c) if _is_writer() else None
+    for w, c in zip(workdirs, config_dicts, strict=True)
+  ]
   try:
-    return _train_loop(run, compiled, seeds, workdirs, checkpointers, callback)
+    return _train_loop(run, compiled, seeds, workdirs, checkpointers, callback, sinks)
   except OSError as e:
     if rundir.is_disk_full(e):
       raise checkpoints.disk_full_error(e, checkpointers) from e
@@ -246,6 +253,9 @@ def _train_locked(run, layout, config_dicts, seeds, workdirs, callback, loss_fn)
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
+    for sink in sinks:
+      if sink is not None:
+        sink.close()
 
 
 def _is_writer() -> bool:
@@ -275,7 +285,7 @@ def _update_convergence(train_cfg: config_lib.TrainConfig, history: dict, row: d
     history["stopped_at"] = row["step"]
 
 
-def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, callback):
+def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, callback, sinks):
   task, train_cfg, layout = run.task, run.train, compiled.layout
   writer = _is_writer()
   host_keys = np.asarray(step_lib.seed_keys(seeds))  # Per-seed streams derive on the host.
@@ -302,8 +312,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   start = start or 0
   last_saved = start or None
   if writer:
-    for workdir, history in zip(workdirs, histories, strict=True):
-      rundir.write_metrics(workdir, history["rows"])  # Drops rows written after `start`.
+    for workdir, history, sink in zip(workdirs, histories, sinks, strict=True):
+      rundir.write_metrics(workdir, history["rows"], sink)  # Drops rows written after `start`.
   init_seconds = time.perf_counter() - clock
 
   def active_seeds() -> np.ndarray:
@@ -352,13 +362,13 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     if is_eval:
       rows = _evaluation_rows(run, compiled, state, done, host_keys, schedule)
       rate = interval_steps / interval_seconds if interval_seconds > 0 else None
-      for history, workdir, row, is_active in zip(histories, workdirs, rows, active, strict=True):
-        if not is_active:
+      for i, (history, workdir, row) in enumerate(zip(histories, workdirs, rows, strict=True)):
+        if not active[i]:
           continue
         row.update(steps_per_second=rate, train_seconds=history["train_seconds"])
         history["rows"].append(row)
         if writer:
-          rundir.append_metrics(workdir, row)
+          rundir.append_metrics(workdir, row, sinks[i])
         _update_convergence(train_cfg, history, row)
       state = compiled.reset_metrics(state)
       interval_steps, interval_seconds = 0, 0.0
@@ -375,7 +385,7 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       callback(done, [h["rows"][-1] for h in histories])
     clock = time.perf_counter()
 
-  _final_evaluation(run, compiled, state, host_keys, histories, workdirs, writer)
+  _final_evaluation(run, compiled, state, host_keys, histories, workdirs, sinks if writer else None)
   maps = _attention_maps(compiled, state, host_keys)
   eval_batch = sharding.fetch(compiled.eval_data.batch)
   summaries = []
@@ -383,15 +393,20 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     summary = _summary(run, seed, histories[i], len(seeds))
     if writer:
       _write_figures(run, eval_batch, workdir, histories[i]["rows"], maps, i)
+      sinks[i].log_figures()
+      sinks[i].finish()
       rundir.write_summary(workdir, summary)
     summaries.append(summary)
   return summaries
 
 
 def _final_evaluation(
-  run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs, writer: bool
+  run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs, sinks
 ):
   """Evaluates every seed's final parameters on every split, into its last metrics row.
+
+  ``sinks``: each seed's :class:`events.RunEvents` on the process that writes the run files,
+  ``None`` on the others.
 
   A seed that converged stopped updating at its ``stopped_at`` step, so its final
   parameters are those of its last row; the evaluation key is that row's, as during
@@ -409,8 +424,8 @@ def _final_evaluation(
     if not history["rows"]:
       continue
     history["rows"][-1].update({name: float(values[i]) for name, values in results.items()})
-    if writer:
-      rundir.write_metrics(workdir, history["rows"])
+    if sinks is not None:
+      rundir.write_metrics(workdir, history["rows"], sinks[i])
 
 
 def _evaluation_rows(run, compiled: CompiledRun, state: TrainState, step: int, keys, schedule):

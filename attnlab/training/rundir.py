@@ -11,6 +11,8 @@ The trainer writes runs, the sweep reads them; both go through this module only:
       checkpoints/                       orbax (:mod:`attnlab.training.checkpoints`)
       checkpoints.unreadable/            checkpoints that failed to restore, set aside
       heatmaps.png, learning_curve.png
+      events.out.tfevents.*              TensorBoard: the metrics rows, config, hyperparameters
+                                         and figures (:mod:`attnlab.training.events`)
   SWEEP/<task>/<method>/error.txt        traceback, when training that group failed
   SWEEP/<task>/<method>/seed_<n>.stale-<k>/  a run of an earlier config, set aside by a sweep
   SWEEP/.lock                            held by the one sweep writing SWEEP (per shard: see
@@ -60,7 +62,7 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -348,13 +350,37 @@ def write_summary(run: str, summary: Mapping[str, Any]) -> None:
   write_json(os.path.join(run, SUMMARY_FILE), summary)
 
 
-def write_metrics(run: str, rows: Sequence[Mapping[str, Any]]) -> None:
-  """Rewrites ``RUN/metrics.jsonl`` with exactly ``rows`` (at the start and on resume)."""
+class MetricsSink(Protocol):
+  """Another destination of the metrics rows, e.g. TensorBoard's event file
+  (:class:`attnlab.training.events.RunEvents`)."""
+
+  def log(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Receives rows (the first call: the run's whole history); writes those it lacks."""
+
+
+def write_metrics(
+  run: str, rows: Sequence[Mapping[str, Any]], events: MetricsSink | None = None
+) -> None:
+  """Rewrites ``RUN/metrics.jsonl`` with exactly ``rows`` (at the start and on resume).
+
+  Args:
+    run: the run directory.
+    rows: every metrics row of the run.
+    events: also gets the rows (:meth:`MetricsSink.log`), if given.
+  """
   write_text(os.path.join(run, METRICS_FILE), "".join(_json_line(r) for r in rows))
+  if events is not None:
+    events.log(rows)
 
 
-def append_metrics(run: str, row: Mapping[str, Any]) -> None:
-  """Appends one evaluation row to ``RUN/metrics.jsonl`` (a torn line is rewritten on resume)."""
+def append_metrics(run: str, row: Mapping[str, Any], events: MetricsSink | None = None) -> None:
+  """Appends one evaluation row to ``RUN/metrics.jsonl`` (a torn line is rewritten on resume).
+
+  Args:
+    run: the run directory.
+    row: the new row.
+    events: also gets the row (:meth:`MetricsSink.log`), if given.
+  """
   path = os.path.join(run, METRICS_FILE)
   try:
     with open(path, "a") as f:
@@ -363,6 +389,8 @@ def append_metrics(run: str, row: Mapping[str, Any]) -> None:
     if is_disk_full(e):
       raise DiskFullError(path) from e
     raise
+  if events is not None:
+    events.log([row])
 
 
 def write_error(sweep: str, task: str, method: str, text: str) -> str:
