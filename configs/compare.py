@@ -23,6 +23,8 @@ Presets (``arg`` = ``preset[:method,method,...]``):
            feedback) × 3 seeds: what each part does (about 10 min on a 2-core CPU).
   exploration  copy, reverse and recall × hard_enum and RLOO-4, with and without the
            attention-entropy bonus × 3 seeds: the collapse that the bonus prevents.
+  robustness  recall × soft, hard_enum, three REINFORCE baselines and the variational rows
+           × 10 seeds: success rates of the outcomes that flip between seeds and machines.
   smoke    2 tasks × 2 methods × 2 seeds, a few steps each: checks the plumbing in seconds.
   full     every method (sparse normalisers, learned baseline, reward-to-go, Deng et al.'s
            expected-context feedback, ...) × 5 seeds, twice the step budgets; hours on a CPU.
@@ -101,12 +103,14 @@ METHODS = {
   # decodes alone at evaluation (argmax). No entropy bonus: q, which sees y, explores.
   # The exact ELBO, by enumerating q's positions.
   "variational_enum": {**_VARIATIONAL, "estimator.gradient": "enumerate"},
-  # The ELBO with one draw from q, REINFORCE for q with the prior's expected context as
-  # baseline (Deng et al.'s "sample" recipe); the KL exact.
+  # The ELBO with K = 4 draws from q, REINFORCE for q with the leave-one-out baseline (Kool
+  # et al. 2019); the KL exact. (Deng et al.'s one draw with the soft baseline,
+  # variational_reinforce_soft, left recall seed 0 at 97.5% after 1,800 steps; this 100%.)
   "variational_reinforce": {
     **_VARIATIONAL,
     "estimator.gradient": "reinforce",
-    "estimator.baseline": "soft",
+    "estimator.baseline": "rloo",
+    "estimator.num_samples": 4,
   },
   # --- full preset only ---
   # Sparse normalisers: exact zeros, expected context.
@@ -129,12 +133,12 @@ METHODS = {
   },
   # Relaxed (not straight-through) Gumbel-softmax.
   "gumbel": {**_EXPLORE, "model.attention": "gumbel", "model.rnn.straight_through": False},
-  # Variational attention, K = 4 draws from q with the leave-one-out baseline.
-  "variational_rloo4": {
+  # Variational attention as in Deng et al.'s "sample" mode: one draw from q, REINFORCE
+  # with the prior's expected context as baseline.
+  "variational_reinforce_soft": {
     **_VARIATIONAL,
     "estimator.gradient": "reinforce",
-    "estimator.baseline": "rloo",
-    "estimator.num_samples": 4,
+    "estimator.baseline": "soft",
   },
   # VIMCO (Mnih & Rezende 2016): the 4-sample bound log mean_k w_k with q as proposal.
   "vimco4": {**_VARIATIONAL, "estimator.gradient": "vimco", "estimator.num_samples": 4},
@@ -176,6 +180,25 @@ DEFAULT_METHODS = (
   "reinforce_soft",
   "reinforce_rloo4",
   "gumbel_st",
+  "variational_enum",
+  "variational_reinforce",
+)
+# Rows of the default preset that only re-measure a known structural failure: on addition
+# one attended digit per output step cannot carry a sum, so every one-position method stays
+# at 3-8% test exact match (REINFORCE with every baseline, Gumbel ST; seeds 0-2, the earlier
+# default table). hard_enum and marginal keep the failure in the table, measured exactly;
+# the `full` preset runs every pair.
+_ADDITION_SKIP = tuple(
+  f"addition/{m}"
+  for m in (
+    "reinforce_none",
+    "reinforce_ema",
+    "reinforce_soft",
+    "reinforce_rloo4",
+    "gumbel_st",
+    "variational_enum",
+    "variational_reinforce",
+  )
 )
 
 # Per preset: base run-config preset, then overrides of it (dotted keys), the grid.
@@ -219,6 +242,7 @@ PRESETS = {
     "task_steps": _DEFAULT_STEPS,
     "tasks": TASKS,
     "methods": DEFAULT_METHODS,
+    "skip": _ADDITION_SKIP,
     "seeds": (0, 1, 2),
     "num_workers": 2,  # Small models leave the second core idle.
   },
@@ -236,6 +260,7 @@ PRESETS = {
       "reinforce_rloo4",
       "reinforce_rloo4_expected_feedback",
     ),
+    "skip": (),
     "seeds": (0, 1, 2),
     "num_workers": 2,
   },
@@ -251,7 +276,29 @@ PRESETS = {
       "reinforce_rloo4",
       "reinforce_rloo4_no_entropy",
     ),
+    "skip": (),
     "seeds": (0, 1, 2),
+    "num_workers": 2,
+  },
+  # Outcomes that flip between solved and collapsed (recall's hard-attention rows) as rates
+  # over 10 seeds, beside soft attention and the variational rows: README claims about them
+  # are made from this preset, not from one seed's side of a bimodal outcome.
+  "robustness": {
+    "base_preset": None,
+    "base": _DEFAULT_BASE,
+    "task_steps": {"recall": _DEFAULT_STEPS["recall"]},
+    "tasks": ("recall",),
+    "methods": (
+      "soft_additive",
+      "hard_enum",
+      "reinforce_ema",
+      "reinforce_soft",
+      "reinforce_rloo4",
+      "variational_enum",
+      "variational_reinforce",
+    ),
+    "skip": (),
+    "seeds": tuple(range(10)),
     "num_workers": 2,
   },
   "smoke": {
@@ -260,6 +307,7 @@ PRESETS = {
     "task_steps": {},
     "tasks": ("copy", "reverse"),
     "methods": ("soft_additive", "reinforce_ema"),
+    "skip": (),
     "seeds": (0, 1),
     "num_workers": 1,
   },
@@ -269,6 +317,7 @@ PRESETS = {
     "task_steps": {task: 2 * steps for task, steps in _DEFAULT_STEPS.items()},
     "tasks": TASKS,
     "methods": tuple(METHODS),
+    "skip": (),
     "seeds": (0, 1, 2, 3, 4),
     "num_workers": 2,
   },
@@ -307,6 +356,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.methods = ml_collections.ConfigDict({k: overrides.nest(v) for k, v in METHODS.items()})
   # Which of `methods` run, in table order (unknown names fail at start-up).
   config.method_names = tuple(selected or preset["methods"])
+  # "task/method" pairs of tasks × method_names that are not run (see the preset).
+  config.skip = tuple(preset["skip"])
   # Seeds of every (task, method); all seeds of a group train together, vmapped.
   config.seeds = tuple(preset["seeds"])
   # Groups trained at once, each in its own (spawned) process; 1 trains in this process.

@@ -121,8 +121,8 @@ def test_table_numbers(sweep):
   md = table.format_table(table.collect_results(str(workdir), grid), grid)
   (header_line,) = [line for line in md.splitlines() if line.startswith("| task |")]
   header = [c.strip() for c in header_line.strip("|").split("|")]
-  assert header[:9] == [
-    "task", "method", "seeds ok", "converged", "steps / budget",
+  assert header[:10] == [
+    "task", "method", "seeds ok", "converged", "solved", "steps / budget",
     "steps→90%", "steps→99%", "s→90%", "s→99%",
   ]  # fmt: skip
   assert header[-3:] == ["grad var @1", "grad var @50", "ms/step"]
@@ -131,6 +131,8 @@ def test_table_numbers(sweep):
   assert soft["steps→90%"] == "120 (3/3)"
   assert soft["steps→99%"] == "225 (2/3)"  # mean over the two seeds that got there.
   assert soft["converged"] == "2/3"
+  assert soft["solved"] == "1/3"  # test exact match >= 99%: 1.0 only (0.98, 0.96 are not).
+  assert soft["KL(q‖p)"] == "—"  # no posterior
   assert soft["steps / budget"] == "350 / 500"  # (200 + 500 + 350) / 3 steps trained.
   assert soft["s→99%"] == "2.2 (2/3)"
   accs = np.array([1.0, 0.98, 0.96]) * 100
@@ -221,4 +223,13 @@ def test_rebuild_lists_unreadable_files_and_skips_summaries_without_results(swee
   assert [r["status"] for r in rebuilt.rows][:3] == ["completed", "completed", "incomplete"]
   with open(rebuilt.table_md) as f:
     md = _table_row(f.read(), "soft")
-  assert md[2] == "2/3" and md[9] == "99.0 ± 1.4"  # Seeds 0 and 1 only.
+  assert md[2] == "2/3" and md[10] == "99.0 ± 1.4"  # Seeds 0 and 1 only.
+
+
+def test_wilson_interval_by_hand():
+  # 7 of 10: p = 0.7, z = 1.96; centre (0.7 + 0.19208) / 1.38416, half-width
+  # 1.96 * sqrt(0.021 + 0.0009604) / 1.38416 (Wilson 1927).
+  low, high = table.wilson_interval(7, 10)
+  assert low == pytest.approx(0.3968, abs=1e-4) and high == pytest.approx(0.8922, abs=1e-4)
+  assert table.wilson_interval(0, 10)[0] == 0.0 and table.wilson_interval(10, 10)[1] == 1.0
+  assert table.wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)

@@ -119,6 +119,11 @@ class RNNConfig:
     _check_common(self)
 
   @property
+  def states_ignore_alignment(self) -> bool:
+    """Whether the decoder's states are the same whatever positions were attended."""
+    return self.feedback is not Feedback.SAMPLED
+
+  @property
   def uses_encoder_rnn(self) -> bool:
     return self.key_source is KeySource.BIRNN or self.value_source is ValueSource.CONTEXTUAL
 
@@ -178,3 +183,8 @@ class TransformerConfig:
         f"model_dim={self.model_dim} is not divisible by num_heads={self.num_heads}."
       )
     _check_common(self)
+
+  @property
+  def states_ignore_alignment(self) -> bool:
+    """False: later decoder layers and steps read the cross-attention's chosen values."""
+    return False

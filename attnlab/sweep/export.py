@@ -44,23 +44,22 @@ def _from_runs(workdir: str, out: str, problems: list[str]) -> list[str]:
   except FileNotFoundError:
     return []
   written = []
-  for task in grid.tasks:
-    for method in grid.methods:
-      for seed in grid.seeds:
-        run = rundir.run_dir(workdir, task, method, seed)
-        config = rundir.read_config(run)
-        try:
-          rows = rundir.read_metrics(run)
-        except ValueError as e:
-          problems.append(f"{e} (not exported)")
-          continue
-        if config is None or not rows:
-          continue  # Never started, or no evaluation yet.
-        target = rundir.make_dir(rundir.run_dir(out, task, method, seed))
-        finished = rundir.is_finished(run)
-        with rundir.locked(target):  # Not while a trainer writes it.
-          events.write_run(target, rows, config, method=method, finished=finished, figures=run)
-        written.append(target)
+  for task, method in grid.pairs():
+    for seed in grid.seeds:
+      run = rundir.run_dir(workdir, task, method, seed)
+      config = rundir.read_config(run)
+      try:
+        rows = rundir.read_metrics(run)
+      except ValueError as e:
+        problems.append(f"{e} (not exported)")
+        continue
+      if config is None or not rows:
+        continue  # Never started, or no evaluation yet.
+      target = rundir.make_dir(rundir.run_dir(out, task, method, seed))
+      finished = rundir.is_finished(run)
+      with rundir.locked(target):  # Not while a trainer writes it.
+        events.write_run(target, rows, config, method=method, finished=finished, figures=run)
+      written.append(target)
   return written
 
 

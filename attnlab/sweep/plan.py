@@ -110,7 +110,19 @@ def grid_of(config: ml_collections.ConfigDict) -> table.Grid:
     raise ValueError(f"config.seeds={seeds!r}; expected a non-empty tuple of ints >= 0.")
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"config.seeds={seeds!r} repeats a seed.")
-  return table.Grid(tuple(task_names), tuple(method_names), tuple(seeds))
+  skip = tuple(config.skip)
+  pairs = {f"{t}/{m}" for t in task_names for m in method_names}
+  # Pairs of tasks or methods left out of this grid (e.g. --config.tasks=copy) are moot.
+  unknown = [
+    p for p in skip if p.partition("/")[0] not in tasks_lib.TASKS or not p.partition("/")[2]
+  ]
+  if unknown:
+    raise ValueError(
+      f"config.skip has {unknown}; expected 'task/method' pairs with tasks in "
+      f"{sorted(tasks_lib.TASKS)}."
+    )
+  skip = tuple(p for p in skip if p in pairs)
+  return table.Grid(tuple(task_names), tuple(method_names), tuple(seeds), skip=skip)
 
 
 def run_config(
@@ -134,7 +146,8 @@ def validate_run_config(run: ml_collections.ConfigDict, task: str, method: str) 
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = True) -> list[Group]:
-  """Every (task, method) group in table order, with its run config and unfinished seeds.
+  """Every (task, method) group in table order (``config.skip`` left out), with its run
+  config and unfinished seeds.
 
   Args:
     config: a comparison config (``configs/compare.py``).
@@ -159,19 +172,18 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
       f"config.task_overrides names unknown task(s) {unknown}; valid: {sorted(tasks_lib.TASKS)}."
     )
   groups = []
-  for task in grid.tasks:
-    for method in grid.methods:
-      run = run_config(config, task, method)
-      if validate:
-        validate_run_config(run, task, method)
-      stale = tuple(_config_changes(run, workdir, task, method, grid.seeds))
-      stale_seeds = {seed for seed, _ in stale}
-      pending = tuple(
-        s
-        for s in grid.seeds
-        if s in stale_seeds or not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
-      )
-      groups.append(Group(task, method, grid.seeds, pending, run, stale))
+  for task, method in grid.pairs():
+    run = run_config(config, task, method)
+    if validate:
+      validate_run_config(run, task, method)
+    stale = tuple(_config_changes(run, workdir, task, method, grid.seeds))
+    stale_seeds = {seed for seed, _ in stale}
+    pending = tuple(
+      s
+      for s in grid.seeds
+      if s in stale_seeds or not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
+    )
+    groups.append(Group(task, method, grid.seeds, pending, run, stale))
   return groups
 
 

@@ -60,6 +60,7 @@ class Grid:
     seeds: seeds of every (task, method).
     hardware: one line describing the machine that trained (see :func:`hardware_description`).
     eval_mode: how accuracies were measured (e.g. "greedy decoding, argmax attention").
+    skip: ``"task/method"`` pairs of the tasks × methods product that the sweep does not run.
   """
 
   tasks: tuple[str, ...]
@@ -67,6 +68,17 @@ class Grid:
   seeds: tuple[int, ...]
   hardware: str = ""
   eval_mode: str = "greedy decoding"
+  skip: tuple[str, ...] = ()
+
+  def pairs(self) -> list[tuple[str, str]]:
+    """Every (task, method) the sweep runs, in table order (tasks outermost)."""
+    skipped = set(self.skip)
+    return [
+      (task, method)
+      for task in self.tasks
+      for method in self.methods
+      if f"{task}/{method}" not in skipped
+    ]
 
   def to_dict(self) -> dict[str, Any]:
     """The JSON object of ``grid.json``."""
@@ -148,19 +160,18 @@ def collect_results(workdir: str, grid: Grid | None = None) -> list[dict]:
   """
   grid = grid or discover_grid(workdir)
   rows = []
-  for task in grid.tasks:
-    for method in grid.methods:
-      error = rundir.read_error_line(workdir, task, method)
-      for seed in grid.seeds:
-        path = rundir.run_dir(workdir, task, method, seed)
-        status = rundir.run_status(path, group_failed=error is not None)
-        row = {"task": task, "method": method, "seed": int(seed), "status": status.value}
-        row["error"] = error if status is RunStatus.FAILED else ""
-        if status is RunStatus.COMPLETED:
-          # The id columns come from the grid (summary.json repeats task and seed).
-          summary = rundir.read_summary(path)
-          row.update({k: v for k, v in summary.items() if k not in _IGNORED_SUMMARY_KEYS})
-        rows.append(row)
+  for task, method in grid.pairs():
+    error = rundir.read_error_line(workdir, task, method)
+    for seed in grid.seeds:
+      path = rundir.run_dir(workdir, task, method, seed)
+      status = rundir.run_status(path, group_failed=error is not None)
+      row = {"task": task, "method": method, "seed": int(seed), "status": status.value}
+      row["error"] = error if status is RunStatus.FAILED else ""
+      if status is RunStatus.COMPLETED:
+        # The id columns come from the grid (summary.json repeats task and seed).
+        summary = rundir.read_summary(path)
+        row.update({k: v for k, v in summary.items() if k not in _IGNORED_SUMMARY_KEYS})
+      rows.append(row)
   return rows
 
 
@@ -250,6 +261,31 @@ def _geo_mean(runs: Sequence[Mapping], key: str) -> str:
   return f"{math.exp(np.log(vals).mean()):.1e}"
 
 
+# A seed "solves" a task when its test exact match reaches this (the README's criterion).
+SOLVED_ACCURACY = 0.99
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+  """95% Wilson score interval of a success rate (Wilson 1927): honest at 0/n and n/n."""
+  if trials == 0:
+    return 0.0, 1.0
+  p = successes / trials
+  centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+  half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _solved(runs: Sequence[Mapping]) -> str:
+  """Seeds whose test exact match is at least :data:`SOLVED_ACCURACY`: ``k/n``, and the 95%
+  Wilson interval of the rate when there are 5 seeds or more."""
+  vals = _values(runs, "test/seq_accuracy")
+  k, n = int(np.sum(vals >= SOLVED_ACCURACY)), int(vals.size)
+  if n < 5:
+    return f"{k}/{n}"
+  low, high = wilson_interval(k, n)
+  return f"{k}/{n} [{100 * low:.0f}–{100 * high:.0f}%]"
+
+
 def _align(runs: Sequence[Mapping]) -> str:
   strict = _mean(runs, "val/alignment_accuracy", 100.0)
   lenient = _values(runs, "val/lenient_alignment_accuracy")
@@ -267,6 +303,7 @@ def table_columns(probes: Sequence[str]) -> list[str]:
     "method",
     "seeds ok",
     "converged",
+    "solved",
     "steps / budget",
     *(f"steps→{t:.0%}" for t in rundir.THRESHOLDS),
     *(f"s→{t:.0%}" for t in rundir.THRESHOLDS),
@@ -275,6 +312,7 @@ def table_columns(probes: Sequence[str]) -> list[str]:
     "OOD seq acc %",
     "align acc %",
     "attn entropy",
+    "KL(q‖p)",
     *(f"grad var @{rundir.probe_step(p)}" for p in probes),
     "ms/step",
   ]
@@ -308,6 +346,12 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     " there; the others trained the whole step budget. `steps / budget`: mean updates"
     " trained over completed seeds, and the budget. Test and OOD are evaluated once, on the"
     " final parameters.",
+    f"- `solved`: seeds whose test exact match is at least {SOLVED_ACCURACY:.0%} (with 5 seeds"
+    " or more, the 95% Wilson interval of that rate): outcomes that flip between solved and"
+    " collapsed are rates, not single-seed findings.",
+    "- `KL(q‖p)`: for variational attention, the KL from the inference network's posterior"
+    " to the attention (the prior) per target token, averaged over the last training"
+    " steps (`—`: no posterior).",
     "- `grad var @k`: gradient variance of the estimator at step k on a fixed probe batch"
     " (geometric mean over seeds); `ms/step`: training wall time per step of the vmapped"
     " seeds (all seeds of a row train together).",
@@ -322,41 +366,42 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
   by_group: dict[tuple[str, str], list[Mapping]] = {}
   for row in rows:
     by_group.setdefault((row["task"], row["method"]), []).append(row)
-  for task in grid.tasks:
-    for method in grid.methods:
-      group = by_group.get((task, method), [])
-      done = [r for r in group if r["status"] == RunStatus.COMPLETED.value]
-      seeds_ok = f"{len(done)}/{len(group)}"
-      not_done = [r for r in group if r["status"] != RunStatus.COMPLETED.value]
-      if not_done:
-        status = sorted({r["status"] for r in not_done})
-        error = next((r["error"] for r in not_done if r["error"]), "")
-        problems.append(
-          f"- {task}/{method}: {len(not_done)} run(s) {', '.join(status)}"
-          + (f" — `{error}` (see `{task}/{method}/{rundir.ERROR_FILE}`)" if error else "")
-        )
-        if not done:
-          seeds_ok += " " + "/".join(status)
+  for task, method in grid.pairs():
+    group = by_group.get((task, method), [])
+    done = [r for r in group if r["status"] == RunStatus.COMPLETED.value]
+    seeds_ok = f"{len(done)}/{len(group)}"
+    not_done = [r for r in group if r["status"] != RunStatus.COMPLETED.value]
+    if not_done:
+      status = sorted({r["status"] for r in not_done})
+      error = next((r["error"] for r in not_done if r["error"]), "")
+      problems.append(
+        f"- {task}/{method}: {len(not_done)} run(s) {', '.join(status)}"
+        + (f" — `{error}` (see `{task}/{method}/{rundir.ERROR_FILE}`)" if error else "")
+      )
       if not done:
-        cells = [task, method, seeds_ok] + [""] * (len(columns) - 3)
-      else:
-        cells = [
-          task,
-          method,
-          seeds_ok,
-          f"{sum(r.get('converged') is True for r in done)}/{len(done)}",
-          f"{_mean(done, 'steps_trained', digits=0)} / {_mean(done, 'steps', digits=0)}",
-          *(_threshold(done, rundir.steps_to_key(t)) for t in rundir.THRESHOLDS),
-          *(_threshold(done, rundir.seconds_to_key(t), seconds=True) for t in rundir.THRESHOLDS),
-          _mean_std(done, "test/seq_accuracy", 100.0),
-          _mean(done, "test/token_accuracy", 100.0),
-          _mean_std(done, "ood/seq_accuracy", 100.0),
-          _align(done),
-          _mean(done, "val/attention_entropy", digits=2),
-          *[_geo_mean(done, p) for p in probes],
-          _mean(done, "ms_per_step"),
-        ]
-      lines.append("| " + " | ".join(cells) + " |")
+        seeds_ok += " " + "/".join(status)
+    if not done:
+      cells = [task, method, seeds_ok] + [""] * (len(columns) - 3)
+    else:
+      cells = [
+        task,
+        method,
+        seeds_ok,
+        f"{sum(r.get('converged') is True for r in done)}/{len(done)}",
+        _solved(done),
+        f"{_mean(done, 'steps_trained', digits=0)} / {_mean(done, 'steps', digits=0)}",
+        *(_threshold(done, rundir.steps_to_key(t)) for t in rundir.THRESHOLDS),
+        *(_threshold(done, rundir.seconds_to_key(t), seconds=True) for t in rundir.THRESHOLDS),
+        _mean_std(done, "test/seq_accuracy", 100.0),
+        _mean(done, "test/token_accuracy", 100.0),
+        _mean_std(done, "ood/seq_accuracy", 100.0),
+        _align(done),
+        _mean(done, "val/attention_entropy", digits=2),
+        _mean(done, "train/kl", digits=2) if _values(done, "train/kl").size else "—",
+        *[_geo_mean(done, p) for p in probes],
+        _mean(done, "ms_per_step"),
+      ]
+    lines.append("| " + " | ".join(cells) + " |")
   if problems:
     lines += ["", "## Failed or unfinished runs", "", *problems]
   return "\n".join(lines) + "\n"

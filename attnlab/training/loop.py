@@ -410,7 +410,10 @@ def _final_evaluation(
 
   A seed that converged stopped updating at its ``stopped_at`` step, so its final
   parameters are those of its last row; the evaluation key is that row's, as during
-  training. The rewritten ``metrics.jsonl`` ends with that row, now with test and OOD.
+  training. The rewritten ``metrics.jsonl`` ends with that row, now with test and OOD. Its
+  validation metrics stay those of training's evaluation (the same parameters and key; the
+  exact match the stop rule read, equal to greedy decoding's: ``Program.evaluate``; token
+  accuracy under teacher forcing), so every (metric, step) has one value.
   """
   last_steps = [h["rows"][-1]["step"] if h["rows"] else 0 for h in histories]
   eval_keys = jnp.stack(
@@ -423,7 +426,8 @@ def _final_evaluation(
   for i, (history, workdir) in enumerate(zip(histories, workdirs, strict=True)):
     if not history["rows"]:
       continue
-    history["rows"][-1].update({name: float(values[i]) for name, values in results.items()})
+    last = history["rows"][-1]
+    last.update({k: float(v[i]) for k, v in results.items() if k not in last})
     if sinks is not None:
       rundir.write_metrics(workdir, history["rows"], sinks[i])
 

@@ -49,7 +49,8 @@ import jax.numpy as jnp
 
 from attnlab import estimators, metrics, tasks
 from attnlab.enums import Choice
-from attnlab.modules.outputs import Seq2SeqOutput
+from attnlab.modules.kinds import AttentionKind
+from attnlab.modules.outputs import AttentionRecord, Seq2SeqOutput
 
 
 class Objective(Choice):
@@ -229,11 +230,43 @@ def _apply(model, params, batch, key, **kwargs):
   )
 
 
-def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
+def _gather_S(x_BxTxS: chex.Array, index_KxBxT: chex.Array) -> chex.Array:
+  """``x[b, t, index[k, b, t]]``: ``[K, B, T]``."""
+  return jnp.take_along_axis(x_BxTxS[None], index_KxBxT[..., None], axis=-1)[..., 0]
+
+
+def _sampled_outputs(model, params, batch, key, num_samples, source_mask_BxS) -> Seq2SeqOutput:
+  """``num_samples`` teacher-forced outputs, each with its own draws: fields ``[K, ...]``.
+
+  When the decoder's states do not depend on the drawn positions (RNN decoders that feed
+  back nothing or the expected context), the decoder runs once and only the K readouts of
+  the drawn values differ (``num_samples`` of the model); otherwise the model runs K times.
+  """
+  if not model.config.states_ignore_alignment:
+    keys = jax.random.split(key, num_samples)
+    return jax.vmap(lambda k: _apply(model, params, batch, k))(keys)
+  if model.config.attention is not AttentionKind.HARD:
+    raise ValueError("REINFORCE needs a hard-attention model (attention kind 'hard').")
+  out = _apply(model, params, batch, key, num_samples=num_samples)
+  log_alpha_BxTxS = _log_alignment(out.attention.weights.astype(jnp.float32), source_mask_BxS)
+  per_draw = lambda x: None if x is None else jnp.broadcast_to(x[None], (num_samples, *x.shape))
+  return Seq2SeqOutput(
+    logits=out.sample_logits,
+    attention=AttentionRecord(
+      weights=per_draw(out.attention.weights),
+      index=out.sample_index,
+      log_prob=_gather_S(log_alpha_BxTxS, out.sample_index),
+      entropy=per_draw(out.attention.entropy),
+    ),
+    soft_logits=per_draw(out.logits),  # the attention's expected context (no draw)
+    baseline=per_draw(out.baseline),
+  )
+
+
+def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS):
   """Returns (bound-estimator loss, extra losses, metrics, new state)."""
   sample_key, mix_key = jax.random.split(key)
-  keys = jax.random.split(sample_key, cfg.num_samples)
-  outs = jax.vmap(lambda k: _apply(model, params, batch, k))(keys)  # leading [K]
+  outs = _sampled_outputs(model, params, batch, sample_key, cfg.num_samples, source_mask_BxS)
   if outs.soft_logits is None or outs.attention.log_prob is None:
     raise ValueError("REINFORCE needs a hard-attention model (attention kind 'hard').")
   log_lik_KxBxT = jax.vmap(_token_log_likelihood, (0, None))(outs.logits, batch.targets)
@@ -317,11 +350,6 @@ def _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT):
   }
   bonus = _entropy_bonus(outs.attention.entropy, mask_KxBxT, cfg.entropy_coef)
   return bound_loss, extra_loss - bonus, metric_values, new_state
-
-
-def _gather_S(x_BxTxS: chex.Array, index_KxBxT: chex.Array) -> chex.Array:
-  """``x[b, t, index[k, b, t]]``: ``[K, B, T]``."""
-  return jnp.take_along_axis(x_BxTxS[None], index_KxBxT[..., None], axis=-1)[..., 0]
 
 
 def _latent_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS):
@@ -421,7 +449,7 @@ def _objective_terms(params, model, batch, key, cfg, state):
   target_mask_BxT = metrics.target_mask(batch.target_lengths, target_len)
   source_mask_BxS = metrics.target_mask(batch.input_lengths, batch.inputs.shape[1])
   if cfg.objective is Objective.REINFORCE:
-    return _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT)
+    return _reinforce_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS)
   if cfg.objective in (Objective.VARIATIONAL_REINFORCE, Objective.VIMCO) or cfg.posterior:
     return _latent_terms(params, model, batch, key, cfg, state, target_mask_BxT, source_mask_BxS)
 

@@ -318,26 +318,43 @@ class Program:
     )
     return jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
 
-  def evaluate(self, params, data: EvalData, key: chex.Array) -> dict[str, chex.Array]:
+  def evaluate(
+    self, params, data: EvalData, key: chex.Array, *, greedy: bool = True
+  ) -> dict[str, chex.Array]:
     """Metrics of one seed on the fixed eval sets (all splits in one padded batch).
 
     Sequence and token accuracy come from free-running greedy decoding; NLL and the
     attention metrics from a teacher-forced pass, both under the run's eval mode.
+
+    With ``greedy=False`` and a deterministic eval mode (argmax or soft), the tokens are
+    the teacher-forced pass's argmax instead, and no greedy decoding runs. Sequence exact
+    match is then the same number: if every teacher-forced argmax of a sequence is right,
+    greedy decoding feeds itself the same (gold) prefix at every step, so it makes the
+    same predictions and reproduces the sequence; if the first wrong teacher-forced
+    prediction is at step t, greedy decoding has the gold prefix up to t, so it makes the
+    same wrong prediction there. (Both compare the same positions, EOS included; the
+    decoder is deterministic; the two computations differ only in floating-point
+    summation order, which could flip an exact argmax tie.) Token accuracy differs: after
+    a first error greedy decoding is off the gold prefix, teacher forcing is not. Hence
+    training's validation uses it (``greedy=False``) and the final evaluation does not.
     """
     batch = data.batch
     decode_key, forced_key = jax.random.split(key)
     target_len = batch.targets.shape[1]
     mask_BxT = metrics.target_mask(batch.target_lengths, target_len)
-    tokens_BxT, _ = modules.greedy_decode(
-      self.model,
-      params,
-      batch.inputs,
-      batch.input_lengths,
-      max_len=target_len,
-      mode=self.run.eval_mode,
-      key=decode_key,
-    )
     out = self.apply(params, batch, forced_key, attention_override=self.run.eval_mode)
+    if greedy or self.run.eval_mode is modules.EvalMode.SAMPLE:
+      tokens_BxT, _ = modules.greedy_decode(
+        self.model,
+        params,
+        batch.inputs,
+        batch.input_lengths,
+        max_len=target_len,
+        mode=self.run.eval_mode,
+        key=decode_key,
+      )
+    else:
+      tokens_BxT = jnp.argmax(out.logits, axis=-1).astype(batch.targets.dtype)
     results = {}
     for split, start, stop in data.slices:
       part = functools.partial(jax.tree.map, lambda x, a=start, b=stop: x[a:b])
@@ -492,9 +509,9 @@ def _compile(
   probe_rng = np.random.default_rng([train_cfg.probe_seed])
   probe_batch = run.task.sample(probe_rng, train_cfg.probe_batch_size, Split.TRAIN)
 
-  def evaluator(data: EvalData):
+  def evaluator(data: EvalData, greedy: bool):
     def evaluate(params, batch, key):  # The split slices stay static Python ints.
-      return program.evaluate(params, data._replace(batch=batch), key)
+      return program.evaluate(params, data._replace(batch=batch), key, greedy=greedy)
 
     return jax.vmap(evaluate, in_axes=(0, None, 0))
 
@@ -513,9 +530,11 @@ def _compile(
       out_shardings=per_seed,
     ),
     reset_metrics=jax.jit(_reset_metrics, in_shardings=per_seed, out_shardings=per_seed),
-    evaluate=jax.jit(evaluator(val_data), **read_out),
-    # Once per run: compile time dominates, as for the probes.
-    evaluate_final=_FastCompiled(evaluator(final_data), **read_out),
+    # Every eval_every steps: exact match by teacher forcing (Program.evaluate: the same
+    # number as greedy decoding's, one pass instead of a decoding loop).
+    evaluate=jax.jit(evaluator(val_data, greedy=False), **read_out),
+    # Once per run: compile time dominates, as for the probes. Greedy decoding.
+    evaluate_final=_FastCompiled(evaluator(final_data, greedy=True), **read_out),
     probe=_FastCompiled(
       jax.vmap(program.probe, in_axes=(0, 0, None, 0)),
       in_shardings=(per_seed, per_seed, replicated, per_seed),
