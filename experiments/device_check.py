@@ -144,7 +144,7 @@ def compare_command(workdir: str, dry_run: bool) -> list[str]:
                  "--config.task_overrides.copy.steps=2", "--config.base.eval_every=2",
                  "--config.base.checkpoint_every=2", "--config.base.optimizer.warmup_steps=0",
                  "--config.base.eval_size=16",
-                 "--config.base.probe_steps=(1,)", "--config.base.model.rnn.hidden_dim=16",
+                 "--config.base.probe_steps=()", "--config.base.model.rnn.hidden_dim=16",
                  "--config.base.model.rnn.encoder_dim=16")  # fmt: skip
 
 
