@@ -380,7 +380,8 @@ def test_inactive_seed_keeps_its_state_exactly():
 
 def test_the_donated_step_equals_an_undonated_one_bitwise():
   """The loop's step donates the train state (updated in place): the same numbers as a step
-  that does not, over steps whose active seeds change."""
+  that does not, over steps whose active seeds change. Bitwise on CPU; on an accelerator two
+  compilations may autotune to different kernels, so to float32 rounding there."""
   run = config_lib.parse_config(_config())
   compiled = step.compile_run(run)
   keys = step.seed_keys([0, 1])
@@ -394,4 +395,7 @@ def test_the_donated_step_equals_an_undonated_one_bitwise():
     reference = undonated(reference, batch, keys, np.int32(-1), np.array(active))
     assert all(x.is_deleted() for x in jax.tree.leaves(previous))  # Consumed: donated.
   for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    if jax.default_backend() == "cpu":
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    else:
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
