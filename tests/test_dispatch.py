@@ -81,8 +81,13 @@ def test_head_dim_limit_is_128_before_hopper_and_256_from_it():
 
 
 def test_device_facts_read_from_a_device_and_capabilities_parsed():
-  assert DeviceFacts.of(jax.devices()[0]).platform == jax.devices()[0].platform
-  assert DeviceFacts.of(jax.devices()[0]).compute_capability is None  # Only NVIDIA GPUs have one.
+  device = jax.devices()[0]
+  facts = DeviceFacts.of(device)
+  if device.platform in ("cpu", "tpu"):
+    assert facts == DeviceFacts(device.platform)  # Only NVIDIA GPUs have a capability.
+  else:  # JAX calls CUDA and ROCm devices "gpu": the facts say which.
+    assert facts.platform in ("cuda", "rocm")
+    assert (facts.compute_capability is not None) == (facts.platform == "cuda")
   assert dispatch.parse_compute_capability("8.6") == (8, 6)
   assert dispatch.parse_compute_capability("10.0") == (10, 0)
   assert dispatch.parse_compute_capability("gfx90a") is None
@@ -205,9 +210,13 @@ def test_automatic_choice_is_reported_and_matches_choose_implementation():
     assert dispatch.dispatch_implementation(*half, is_causal=True, device=device) is (
       Implementation.CHUNKED
     )
-  # No device given: the arrays' own (here the CPU), never cuDNN.
-  assert dispatch.dispatch_implementation(*half, is_causal=True) is Implementation.CHUNKED
-  assert dispatch.target_device(q) == DeviceFacts.of(jax.devices()[0])
+  # No device given: the arrays' own (shapes alone: the default device). On a CPU, never cuDNN.
+  here = DeviceFacts.of(jax.devices()[0])
+  expected = Implementation.CHUNKED
+  if dispatch.cudnn_unsupported_reason(here, "bfloat16", 8, 8) is None:
+    expected = Implementation.CUDNN
+  assert dispatch.dispatch_implementation(*half, is_causal=True) is expected
+  assert dispatch.target_device(q) == here
   assert dispatch.target_device(half[0]) == DeviceFacts.of(jax.devices()[0])  # The default.
   forced = dispatch.dot_product_attention(q, k, v, is_causal=True, implementation="soft")
   np.testing.assert_allclose(out, forced, **TOL)
@@ -224,7 +233,7 @@ def test_bad_overrides_are_explained():
   ):
     dispatch.dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="cannot run here: platform 'cpu' is not CUDA"):
-    dispatch.dispatch_implementation(q, k, v, implementation="cudnn")
+    dispatch.dispatch_implementation(q, k, v, implementation="cudnn", device=CPU)
   half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
   with pytest.raises(ValueError, match=r"cannot run here: compute capability 7\.5 < 8\.0"):
     dispatch.dispatch_implementation(*half, implementation="cudnn", device=T4)
