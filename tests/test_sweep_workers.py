@@ -134,6 +134,13 @@ def test_worker_environments_and_their_line_for_a_declared_machine():
   assert "not 8: a TPU chip serves one process" in workers.describe_workers(
     tpu, 8, workers.worker_environments(tpu, 8, {})
   )
+  one_chip = workers.Machine("tpu", 1, 1, "TPU v5 lite", backend="tpu")
+  envs = workers.worker_environments(one_chip, 2, {})
+  assert envs == [{}]  # One worker: it trains in the sweep process, on the chip.
+  assert workers.describe_workers(one_chip, 2, envs) == (
+    "1 worker process(es) on 1 tpu chip(s) (TPU v5 lite), not 2: a TPU chip serves one "
+    "process; it trains in the sweep process"
+  )
   cpu = workers.Machine("cpu", 1, 1, "cpu")
   assert workers.describe_workers(cpu, 2, workers.worker_environments(cpu, 2, {})) is None
   unknown = workers.Machine("unknown", 0, 0, "", problem="the device probe failed: x")

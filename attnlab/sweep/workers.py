@@ -330,8 +330,8 @@ def worker_environments(machine: Machine, num_workers: int, environ: Mapping[str
 
 
 def describe_workers(machine: Machine, num_workers: int, environments) -> str | None:
-  """One line on what each worker gets (None when none gets anything)."""
-  if not any(environments):
+  """One line on what each worker gets (None when none gets anything and all start)."""
+  if not any(environments) and len(environments) == num_workers:
     return None
   unit = "chip" if machine.platform == "tpu" else "device"
   line = (
@@ -340,8 +340,10 @@ def describe_workers(machine: Machine, num_workers: int, environments) -> str | 
   )
   if len(environments) < num_workers:
     line += f", not {num_workers}: a TPU chip serves one process"
+  if len(environments) == 1:
+    return line + "; it trains in the sweep process"
   parts = [
-    f"worker {i}: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+    f"worker {i}: " + (" ".join(f"{k}={v}" for k, v in sorted(env.items())) or "nothing set")
     for i, env in enumerate(environments)
   ]
   return line + "; " + "; ".join(parts)
