@@ -16,8 +16,16 @@ and cosine schedule, clipping), objective and NaN guard, for ``--num_seeds`` see
 Ratios: hard / soft step time (same family and length; the target is <= 1) and compile time
 at the longest over the shortest L (the scan-based RNN must stay within 1.5x).
 
+``--suite=seeds``: what vmapping seeds earns. For each case, length and seed count ``n`` of
+``--seed_counts`` (default 1, 3, 8): the step of ``n`` seeds vmapped together against the same
+``n`` seeds trained one after another with the one-seed step (a block runs each seed's
+``--steps_per_block`` steps in turn, as a sweep without vmapping would), in seeds x steps per
+second; blocks of every variant of one case interleaved.
+
   python -m experiments.bench_train --out=results/bench_train
   python -m experiments.bench_train --preset=smoke --lengths=4,8 --blocks=2 --out=/tmp/bt
+  python -m experiments.bench_train --suite=seeds --cases=rnn_soft,rnn_hard --lengths=12 \
+    --out=results/bench_seeds
 
 The header records the load average: on a shared machine, rerun on a quiet one.
 """
@@ -153,11 +161,12 @@ class Bench:
   keys: jax.Array
 
 
-def build(name: str, length: int, settings: Settings) -> Bench:
-  """The trainer's functions, fresh states and ``settings.num_batches`` batches of a case."""
+def build(name: str, length: int, settings: Settings, seeds: Sequence[int] | None = None) -> Bench:
+  """The trainer's functions, fresh states and ``settings.num_batches`` batches of a case,
+  for ``seeds`` (default ``0 .. settings.num_seeds - 1``) vmapped together."""
   run = run_config(get_case(name), length, settings.batch_size, settings.preset)
   compiled = step.compile_run(run)
-  seeds = list(range(settings.num_seeds))
+  seeds = list(range(settings.num_seeds)) if seeds is None else list(seeds)
   batches = [
     step.train_batch(run.task, settings.batch_size, seeds, i) for i in range(settings.num_batches)
   ]
@@ -191,28 +200,34 @@ def compile_step(bench: Bench) -> tuple[Callable[..., step.TrainState], dict[str
 
 
 class _Timer:
-  """Runs one case's compiled step and records per-block step times."""
+  """Runs the compiled step of one or more benches, one after another, and records per-block
+  step times (several benches: the same executable, one seed each, trained in turn)."""
 
-  def __init__(self, bench: Bench, executable: Callable[..., step.TrainState]):
-    self.bench = bench
+  def __init__(self, benches: Sequence[Bench], executable: Callable[..., step.TrainState]):
+    self.benches = list(benches)
     self.executable = executable
-    self.state = bench.state
+    self.states = [bench.state for bench in self.benches]  # Donated by each step: replaced.
     self.count = 0
     self.block_ms: list[float] = []
 
   def run(self, steps: int) -> None:
-    for _ in range(steps):
-      batch = self.bench.batches[self.count % len(self.bench.batches)]
-      self.state = self.executable(
-        self.state, batch, self.bench.keys, _NO_NAN, _all_active(self.bench)
-      )
-      self.count += 1
-    jax.block_until_ready(self.state)
+    for i, bench in enumerate(self.benches):
+      state = self.states[i]
+      for k in range(steps):
+        batch = bench.batches[(self.count + k) % len(bench.batches)]
+        state = self.executable(state, batch, bench.keys, _NO_NAN, _all_active(bench))
+      self.states[i] = state
+    self.count += steps
+    jax.block_until_ready(self.states)
 
   def timed_block(self, steps: int) -> None:
     start = time.perf_counter()
     self.run(steps)
     self.block_ms.append(1e3 * (time.perf_counter() - start) / steps)
+
+  def finite(self) -> bool:
+    """No non-finite loss or gradient norm in any state."""
+    return all(bool(jnp.all(state.bad_step < 0)) for state in self.states)
 
 
 def bench_length(
@@ -229,7 +244,7 @@ def bench_length(
   for name in names:
     bench = build(name, length, settings)
     executable, timings = compile_step(bench)
-    timer = _Timer(bench, executable)
+    timer = _Timer([bench], executable)
     timer.run(1 + settings.warmup)
     log(f"  L={length} {name}: lower {timings['lower_s']:.2f}s, XLA {timings['compile_s']:.2f}s")
     case = get_case(name)
@@ -253,7 +268,7 @@ def bench_length(
       ms_per_step=median_ms,
       ms_per_step_min=min(timer.block_ms),
       steps_per_s=1e3 / median_ms,
-      finite=bool(jnp.all(timer.state.bad_step < 0)),
+      finite=timer.finite(),
     )
     log(f"  L={length} {row['case']}: {median_ms:.2f} ms/step ({row['steps_per_s']:.1f} steps/s)")
   return rows
@@ -292,6 +307,20 @@ def compile_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
+def _header(lengths: Sequence[int], settings: Settings) -> dict[str, Any]:
+  """What every report starts with: versions, device, machine, load, settings."""
+  return dict(
+    jax=jax.__version__,
+    backend=jax.default_backend(),
+    device=str(jax.devices()[0].device_kind),
+    cpu_count=os.cpu_count(),
+    date=time.strftime("%Y-%m-%d %H:%M:%S"),
+    load_average=list(os.getloadavg()),
+    lengths=list(lengths),
+    **dataclasses.asdict(settings),
+  )
+
+
 def run_benchmark(
   names: Sequence[str],
   lengths: Sequence[int],
@@ -306,17 +335,7 @@ def run_benchmark(
   names = list(names)
   for name in names:
     get_case(name)
-  header = dict(
-    jax=jax.__version__,
-    backend=jax.default_backend(),
-    device=str(jax.devices()[0].device_kind),
-    cpu_count=os.cpu_count(),
-    date=time.strftime("%Y-%m-%d %H:%M:%S"),
-    load_average=list(os.getloadavg()),
-    lengths=list(lengths),
-    **dataclasses.asdict(settings),
-    compile_ratio_limit=COMPILE_RATIO_LIMIT,
-  )
+  header = dict(_header(lengths, settings), compile_ratio_limit=COMPILE_RATIO_LIMIT)
   compile_step(build(names[0], 2, dataclasses.replace(settings, batch_size=2, num_batches=1)))
   rows = []
   for length in lengths:
@@ -326,6 +345,120 @@ def run_benchmark(
   return dict(
     header, load_average_end=list(os.getloadavg()), rows=rows, compile_ratios=compile_ratios(rows)
   )
+
+
+SEED_COUNTS = (1, 3, 8)
+
+
+def bench_seed_scaling(
+  name: str,
+  length: int,
+  seed_counts: Sequence[int],
+  settings: Settings,
+  log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+  """Vmapped seeds against the same seeds one after another, for one case and length.
+
+  Returns:
+    One row per seed count ``n``: ``case``, ``length``, ``seeds``, ``vmapped_compile_s``
+    (lower + XLA of the ``n``-seed step), ``vmapped_ms`` (median over blocks of one step of
+    all ``n`` seeds together), ``sequential_ms`` (the ``n`` seeds' steps one after another with
+    the one-seed step), ``vmapped_seeds_per_s`` and ``sequential_seeds_per_s`` (seed-steps per
+    second: ``n * 1000 / ms``), ``speedup`` (``sequential_ms / vmapped_ms``) and ``finite``.
+  """
+  one_seed = dataclasses.replace(settings, num_seeds=1)
+  sequential_executable, one_seed_timings = compile_step(build(name, length, one_seed))
+  timers, rows = [], []
+  for n in seed_counts:
+    vmapped_bench = build(name, length, dataclasses.replace(settings, num_seeds=n))
+    # One seed: the one-seed program, compiled just above (a second compile would be cached).
+    executable, timings = (
+      (sequential_executable, one_seed_timings) if n == 1 else compile_step(vmapped_bench)
+    )
+    alone = [build(name, length, one_seed, seeds=[s]) for s in range(n)]
+    pair = (_Timer([vmapped_bench], executable), _Timer(alone, sequential_executable))
+    for timer in pair:
+      timer.run(1 + settings.warmup)
+    timers.append(pair)
+    rows.append(dict(case=name, length=length, seeds=n, vmapped_compile_s=sum(timings.values())))
+  for _ in range(settings.blocks):  # Interleaved: load drifts hit every variant alike.
+    for pair in timers:
+      for timer in pair:
+        timer.timed_block(settings.steps_per_block)
+  for row, (vmapped, sequential) in zip(rows, timers, strict=True):
+    n = row["seeds"]
+    vmapped_ms = statistics.median(vmapped.block_ms)
+    sequential_ms = statistics.median(sequential.block_ms)
+    row.update(
+      vmapped_ms=vmapped_ms,
+      sequential_ms=sequential_ms,
+      vmapped_seeds_per_s=n * 1e3 / vmapped_ms,
+      sequential_seeds_per_s=n * 1e3 / sequential_ms,
+      speedup=sequential_ms / vmapped_ms,
+      finite=vmapped.finite() and sequential.finite(),
+    )
+    log(
+      f"  L={length} {name} {n} seed(s): vmapped {vmapped_ms:.2f} ms, one after another "
+      f"{sequential_ms:.2f} ms: {row['speedup']:.2f}x"
+    )
+  return rows
+
+
+def run_seed_scaling(
+  names: Sequence[str],
+  lengths: Sequence[int],
+  seed_counts: Sequence[int],
+  settings: Settings,
+  log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+  """The seeds suite over cases and lengths; the JSON report (``rows`` and a header)."""
+  names, seed_counts = list(names), [int(n) for n in seed_counts]
+  for name in names:
+    get_case(name)
+  if not seed_counts or min(seed_counts) < 1:
+    raise ValueError(f"seed_counts={seed_counts} must be positive integers.")
+  header = _header(lengths, settings)
+  # As in run_benchmark: one-off process costs are not charged to the first compile.
+  compile_step(build(names[0], 2, dataclasses.replace(settings, batch_size=2, num_batches=1)))
+  rows = []
+  for length in lengths:
+    for name in names:
+      log(f"source length {length}, {name}")
+      rows += bench_seed_scaling(name, length, seed_counts, settings, log)
+  return dict(
+    header, suite="seeds", seed_counts=seed_counts, load_average_end=list(os.getloadavg()),
+    rows=rows,
+  )  # fmt: skip
+
+
+def seeds_to_markdown(report: dict[str, Any]) -> str:
+  """Markdown table of a :func:`run_seed_scaling` report."""
+  load, load_end = (
+    ", ".join(f"{x:.1f}" for x in report[k]) for k in ("load_average", "load_average_end")
+  )
+  lines = [
+    f"## Vmapped seeds vs one after another ({report['backend']}, {report['cpu_count']} "
+    f"cores, jax {report['jax']}, {report['date']}, load average 1/5/15 min: {load} at "
+    f"start, {load_end} at end)",
+    "",
+    f"The trainer's jitted step; copy task, batch {report['batch_size']} per seed, preset "
+    f"`{report['preset']}`; {report['blocks']} blocks x {report['steps_per_block']} steps "
+    f"after {report['warmup']} warm-up steps, median over blocks. Vmapped: one step of all n "
+    "seeds; one after another: the one-seed step of each seed in turn. Seeds/s = seed-steps "
+    "per second.",
+    "",
+    "| case | L | seeds | vmapped ms | one after another ms | vmapped seeds/s | "
+    "one after another seeds/s | speed-up | vmapped compile s |",
+    "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+  ]
+  for r in report["rows"]:
+    lines.append(
+      f"| {r['case']} | {r['length']} | {r['seeds']} | {_fmt(r['vmapped_ms'])} | "
+      f"{_fmt(r['sequential_ms'])} | {_fmt(r['vmapped_seeds_per_s'], 1)} | "
+      f"{_fmt(r['sequential_seeds_per_s'], 1)} | {_fmt(r['speedup'])}x | "
+      f"{_fmt(r['vmapped_compile_s'])} |"
+    )
+  return "\n".join(lines) + "\n"
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -375,6 +508,16 @@ def to_markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+_SUITE = flags.DEFINE_enum(
+  "suite",
+  "step",
+  ["step", "seeds"],
+  "step: every case's step time, hard vs soft, compile ratios; seeds: vmapped seeds vs the "
+  "same seeds one after another (--seed_counts).",
+)
+_SEED_COUNTS = flags.DEFINE_list(
+  "seed_counts", [str(n) for n in SEED_COUNTS], "Seed counts of --suite=seeds."
+)
 _CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run; valid: {list(CASES)}.")
 _LENGTHS = flags.DEFINE_list("lengths", ["12", "48"], "Maximum source lengths L.")
 _PRESET = flags.DEFINE_enum("preset", "default", list(PRESETS), "Model sizes: configs/default.py.")
@@ -399,8 +542,14 @@ def main(argv):
   )
   print(f"load average {os.getloadavg()}, {os.cpu_count()} cores, cases {_CASES.value}")
   lengths = [int(x) for x in _LENGTHS.value]
-  report = run_benchmark(_CASES.value, lengths, settings, log=lambda s: print(s, flush=True))
-  text = to_markdown(report)
+  log = lambda s: print(s, flush=True)
+  if _SUITE.value == "seeds":
+    seed_counts = [int(x) for x in _SEED_COUNTS.value]
+    report = run_seed_scaling(_CASES.value, lengths, seed_counts, settings, log=log)
+    text = seeds_to_markdown(report)
+  else:
+    report = run_benchmark(_CASES.value, lengths, settings, log=log)
+    text = to_markdown(report)
   print(text)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w") as f:

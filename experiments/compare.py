@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attnlab.sweep import plan
+from attnlab.sweep import plan, workers
 from attnlab.sweep import run as compare
 from attnlab.training import rundir
 from experiments import cli
@@ -45,8 +44,11 @@ _MEASURE_SPEEDUP = flags.DEFINE_bool(
 _JAX_CACHE_DIR = flags.DEFINE_string(
   "jax_cache_dir",
   None,
-  "Persistent XLA compilation cache (default DIR/.jax_cache; '' disables). Groups that share"
-  " shapes (copy, reverse, sort) and reruns then skip most compilation.",
+  "Persistent XLA compilation cache (default: node-local and per-user, "
+  "<tempdir>/attnlab-<uid>/jax_cache, shared by the sweep's workers, its shards on this "
+  "machine and later runs here; '' disables). Groups that share shapes (copy, reverse, sort) "
+  "and reruns then skip most compilation. Keep it off shared filesystems: JAX writes entries "
+  "in place.",
 )
 _SHARD_INDEX = flags.DEFINE_integer(
   "shard_index", 0, "Run shard I of --num_shards: the groups g (plan order) with g % N == I."
@@ -72,19 +74,10 @@ def main(argv):
   # The sweep reports one line per group; the trainer's and orbax's INFO lines would bury it.
   logging.set_verbosity(logging.WARNING)
   cache_dir = _JAX_CACHE_DIR.value
-  if cache_dir is None:
-    # One cache per shard: concurrent shards never write the same file.
-    name = "" if shard.is_whole else f"shard_{shard.index}_of_{shard.count}"
-    cache_dir = os.path.join(workdir, ".jax_cache", name)
-  if cache_dir:
-    # Environment variables too, so that spawned worker processes share the cache.
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    # Cache every program: a sweep compiles hundreds of small ones, each under a second.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if cache_dir is None:  # Node-local: never written from two hosts (attnlab.sweep.workers).
+    cache_dir = workers.default_compilation_cache_dir()
+  if cache_dir:  # In the environment too: the spawned workers share it.
+    workers.use_compilation_cache(cache_dir)
   if _MEASURE_SPEEDUP.value:
     result = compare.measure_seed_speedup(
         _CONFIG.value, workdir, task=_SPEEDUP_TASK.value, method=_SPEEDUP_METHOD.value,

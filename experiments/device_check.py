@@ -1,7 +1,7 @@
 r"""Device check: tests, attention and training benchmarks, a small comparison, one command.
 
-On a machine with one GPU (about 8 minutes; every step has its own time limit and a failing
-or slow step is recorded, then the next one runs):
+On a machine with one GPU (at most 8 minutes: a 470 s budget that the steps' time limits add up
+to; a failing or slow step is recorded, then the next one runs):
 
   python -m experiments.device_check --out=results/device_check
 
@@ -12,15 +12,19 @@ CPU dry run (CI runs it, shrunk, inside the test suite; it writes the same files
 Steps, each a subprocess on the default JAX backend (the GPU when there is one):
 
   card       the device and software: ``jax.print_environment_info()`` (with nvidia-smi),
-             device kind and memory.
-  tests      the whole pytest suite on that backend (``-n`` workers sharing the GPU, no
-             memory preallocation).
+             device kind and memory, and what attnlab's dispatcher reads of the device
+             (platform, compute capability, cuDNN version; whether cuDNN attention runs).
+  tests      the GPU-relevant tests (:data:`GPU_TESTS`: float32 numerics at the stated
+             matmul precision, the attention dispatch, the training loop, the sweep workers'
+             environments) on that backend, ``--test_workers`` xdist workers sharing the GPU
+             without memory preallocation (tests/conftest.py). The whole suite takes about 7
+             minutes on 2 CPU cores: too long for the budget.
   attention  ``experiments.bench_attention --suite=dispatch`` in bfloat16:
              attnlab.dot_product_attention (the cuDNN dispatch) against jax.nn's
              ``implementation="cudnn"`` and ``"xla"``, causal and not.
   train      ``experiments.bench_train`` (training-step time of soft and hard attention).
-  compare    ``experiments.compare --config=configs/compare.py:smoke`` (a small soft-vs-hard
-             comparison, its table).
+  compare    the default comparison (``configs/compare.py``, 2 worker processes sharing the
+             GPU) on a reduced grid: copy, soft_additive vs reinforce_rloo4, 3 seeds, 100 steps.
 
 Writes ``OUT/device_check.md`` (card, one line per step, then each step's tables) and
 ``OUT/device_check.json``; each step's own outputs are under ``OUT/``.
@@ -41,10 +45,34 @@ _OUT = flags.DEFINE_string("out", "results/device_check", "Output directory.")
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "CPU plumbing check: every step, shrunk to seconds (no GPU needed)."
 )
-_BUDGET_S = flags.DEFINE_float(
-  "budget_s", 470.0, "Wall-clock budget of all steps; a step gets min(its limit, what is left)."
+# Seconds: the steps' time limits add up to the budget, and the budget leaves the 8 minutes of
+# one device check room for start-up and the report.
+MAX_BUDGET_S = 480.0
+LIMITS_S = dict(card=30, tests=170, attention=70, train=60, compare=140)
+DRY_RUN_LIMITS_S = dict(card=30, tests=60, attention=90, train=110, compare=180)
+# The tests that say something about an accelerator: float32 numerics at tight tolerances
+# (their matmul precision is set in tests/conftest.py), attention and its dispatch, the
+# training loop (donation, NaN guard, resume), the sweep workers' environments.
+GPU_TESTS = (
+  "tests/test_soft.py",
+  "tests/test_multihead.py",
+  "tests/test_jax_nn_compat.py",
+  "tests/test_dispatch.py",
+  "tests/test_efficient.py",
+  "tests/test_flax_interop.py",
+  "tests/test_docs_examples.py",
+  "tests/test_numerics.py",
+  "tests/test_training_loop.py",
+  "tests/test_sweep_workers.py",
 )
-_TEST_WORKERS = flags.DEFINE_integer("test_workers", 4, "pytest-xdist workers of the tests step.")
+
+_BUDGET_S = flags.DEFINE_float(
+  "budget_s",
+  sum(LIMITS_S.values()),
+  f"Wall-clock budget of all steps (at most {MAX_BUDGET_S:.0f} s); a step gets min(its "
+  "limit, what is left).",
+)
+_TEST_WORKERS = flags.DEFINE_integer("test_workers", 8, "pytest-xdist workers of the tests step.")
 _STEPS = flags.DEFINE_list(
   "steps", ["card", "tests", "attention", "train", "compare"], "Steps to run, in order."
 )
@@ -70,10 +98,16 @@ def _python(*args: str) -> list[str]:
 
 _CARD = """
 import json, jax
+from attnlab import efficient
 devices = jax.devices()
 info = dict(backend=jax.default_backend(), devices=[str(d) for d in devices],
             device_kind=devices[0].device_kind, device_count=len(devices),
             jax=jax.__version__)
+facts = efficient.DeviceFacts.of(devices[0])
+info.update(platform=facts.platform, compute_capability=facts.compute_capability,
+            cudnn_version=facts.cudnn_version,
+            cudnn_attention=efficient.cudnn_unsupported_reason(facts, "bfloat16", 64, 64)
+            or "runs (bfloat16, head dim 64)")
 try:
   stats = devices[0].memory_stats() or {}
   info["memory_gib"] = round(stats.get("bytes_limit", 0) / 2**30, 1)
@@ -96,30 +130,46 @@ def bench_train_command(out_prefix: str, dry_run: bool) -> list[str]:
 
 
 def compare_command(workdir: str, dry_run: bool) -> list[str]:
-  """The small soft-vs-hard comparison, through its command line."""
-  if not dry_run:  # soft_additive vs reinforce_ema on copy, 2 seeds, a few steps
-    return _python("-m", "experiments.compare", "--config=configs/compare.py:smoke",
-                   f"--workdir={workdir}", "--config.tasks=('copy',)")  # fmt: skip
-  # One task, one method, one seed, two steps: plumbing only.
-  return _python("-m", "experiments.compare", "--config=configs/compare.py:smoke:soft_additive",
-                 f"--workdir={workdir}", "--config.tasks=('copy',)", "--config.seeds=(0,)",
-                 "--config.base.steps=2", "--config.base.eval_every=2",
-                 "--config.base.checkpoint_every=2")  # fmt: skip
+  """The default comparison's 2-worker path on a reduced grid, through its command line."""
+  grid = [
+    "--config=configs/compare.py:default:soft_additive,reinforce_rloo4",
+    f"--workdir={workdir}",
+    "--config.tasks=('copy',)",
+    "--config.num_workers=2",  # The default's, stated: two workers share one GPU.
+  ]
+  if not dry_run:  # 3 seeds, 100 steps (2 evaluations on 512 sequences, probes at 1 and 100).
+    return _python("-m", "experiments.compare", *grid, "--config.task_overrides.copy.steps=100")
+  # One seed, two steps, a small model: plumbing only (two workers still spawned).
+  return _python("-m", "experiments.compare", *grid, "--config.seeds=(0,)",
+                 "--config.task_overrides.copy.steps=2", "--config.base.eval_every=2",
+                 "--config.base.checkpoint_every=2", "--config.base.optimizer.warmup_steps=0",
+                 "--config.base.eval_size=16",
+                 "--config.base.probe_steps=()", "--config.base.model.rnn.hidden_dim=16",
+                 "--config.base.model.rnn.encoder_dim=16")  # fmt: skip
+
+
+def check_budget(limits: dict[str, float], budget_s: float) -> None:
+  """The steps' limits must fit the budget, and the budget the 8 minutes of a device check."""
+  if sum(limits.values()) > budget_s or budget_s > MAX_BUDGET_S:
+    raise ValueError(
+      f"step limits {limits} add up to {sum(limits.values()):.0f} s; they must fit the budget "
+      f"({budget_s:.0f} s), and the budget {MAX_BUDGET_S:.0f} s."
+    )
 
 
 def _steps(out: str, dry_run: bool, workers: int) -> list[Step]:
   attention = os.path.join(out, "bench_attention")
+  limits = DRY_RUN_LIMITS_S if dry_run else LIMITS_S
   if dry_run:
     tests = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_masks.py")
     attention_args = ["--lengths=16,32", "--batch=1", "--heads=2", "--head_dim=8", "--reps=1"]
-    limits = dict(card=60, tests=120, attention=120, train=180, compare=240)
   else:
-    tests = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers))
+    tests = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers),
+                    *GPU_TESTS)  # fmt: skip
     attention_args = ["--lengths=1024,4096", "--batch=4", "--dtypes=bfloat16", "--reps=5"]
-    limits = dict(card=60, tests=210, attention=100, train=60, compare=90)
   attention_cmd = _python("-m", "experiments.bench_attention", "--suite=dispatch",
                           *attention_args, f"--out={attention}")  # fmt: skip
-  compare_dir = os.path.join(out, "compare_smoke")
+  compare_dir = os.path.join(out, "compare_default")
   no_prealloc = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
   return [
     Step("card", _python("-c", _CARD), limits["card"]),
@@ -178,7 +228,8 @@ def _summary_line(step: Step) -> str:
     if step.name == "tests" and (" passed" in line or " failed" in line or " error" in line):
       return line.strip("= ")
     if step.name == "compare" and line.startswith("runs:"):
-      return line
+      workers = [x for x in lines if " worker process(es) on " in x]
+      return line + (f" ({workers[0].split(';')[0]})" if workers else "")
   return lines[-1][:160] if lines else ""
 
 
@@ -187,6 +238,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   out = _OUT.value
   os.makedirs(out, exist_ok=True)
+  check_budget(DRY_RUN_LIMITS_S if _DRY_RUN.value else LIMITS_S, _BUDGET_S.value)
   steps = [s for s in _steps(out, _DRY_RUN.value, _TEST_WORKERS.value) if s.name in _STEPS.value]
   deadline = time.perf_counter() + _BUDGET_S.value
   started = time.strftime("%Y-%m-%d %H:%M:%S")

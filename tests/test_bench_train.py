@@ -1,5 +1,6 @@
 """experiments/bench_train.py at toy sizes: it times the trainer's own step (no timing checks)."""
 
+import dataclasses
 import math
 
 import jax
@@ -38,10 +39,12 @@ def test_the_benchmarked_step_is_the_trainers_step():
   assert bench.compiled is step.compile_run(bench.run)  # The trainer's cached functions.
   executable, timings = bench_train.compile_step(bench)
   assert timings["lower_s"] > 0 and timings["compile_s"] > 0
-  args = (bench.state, bench.batches[0], bench.keys, np.int32(-1), np.ones(2, bool))
-  timed = executable(*args)
-  trained = bench.compiled.step(*args)
-  assert int(timed.step[0]) == 1 and timed.params is not bench.state.params
+  args = (bench.batches[0], bench.keys, np.int32(-1), np.ones(2, bool))
+  state = jax.device_get(bench.state)  # Each call donates (consumes) the state it is given.
+  given = jax.device_put(state, bench.compiled.layout.state)
+  timed = executable(given, *args)
+  trained = bench.compiled.step(jax.device_put(state, bench.compiled.layout.state), *args)
+  assert int(timed.step[0]) == 1 and all(x.is_deleted() for x in jax.tree.leaves(given))
   jax.tree.map(np.testing.assert_array_equal, timed, trained)
 
 
@@ -78,3 +81,34 @@ def test_ratios_arithmetic():
   assert ratios["rnn_soft"]["ratio"] == pytest.approx(6.0 / 5.0)
   assert ratios["rnn_soft"]["within_limit"] and not ratios["rnn_hard"]["within_limit"]
   assert ratios["transformer_soft"]["within_limit"] is None  # Not scan-based: no limit.
+
+
+def test_seed_scaling_suite_times_vmapped_against_one_after_another():
+  report = bench_train.run_seed_scaling(["rnn_soft"], [3], (1, 3), _TOY, log=lambda s: None)
+  assert report["suite"] == "seeds" and [r["seeds"] for r in report["rows"]] == [1, 3]
+  for row in report["rows"]:
+    for key in ("vmapped_ms", "sequential_ms", "vmapped_compile_s"):
+      assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+    n = row["seeds"]
+    assert row["vmapped_seeds_per_s"] == pytest.approx(n * 1e3 / row["vmapped_ms"])
+    assert row["sequential_seeds_per_s"] == pytest.approx(n * 1e3 / row["sequential_ms"])
+    assert row["speedup"] == pytest.approx(row["sequential_ms"] / row["vmapped_ms"])
+    assert row["finite"]
+  text = bench_train.seeds_to_markdown(report)
+  assert "| rnn_soft | 3 | 3 |" in text and "load average" in text
+  with pytest.raises(ValueError, match="seed_counts"):
+    bench_train.run_seed_scaling(["rnn_soft"], [3], (0,), _TOY, log=lambda s: None)
+
+
+def test_one_after_another_trains_each_seed_with_the_one_seed_step():
+  """The sequential variant: the same seeds as the vmapped one, each its own one-seed run."""
+  one_seed = bench_train.Settings(batch_size=2, preset="smoke", num_seeds=1)
+  benches = [bench_train.build("rnn_soft", 3, one_seed, seeds=[s]) for s in (0, 1)]
+  together = bench_train.build("rnn_soft", 3, dataclasses.replace(one_seed, num_seeds=2))
+  executable, _ = bench_train.compile_step(benches[0])
+  for i, bench in enumerate(benches):  # Seed i's data and keys: row i of the vmapped bench.
+    np.testing.assert_array_equal(bench.keys[0], together.keys[i])
+    np.testing.assert_array_equal(bench.batches[1].inputs[0], together.batches[1].inputs[i])
+  timer = bench_train._Timer(benches, executable)
+  timer.run(2)
+  assert [int(s.step[0]) for s in timer.states] == [2, 2] and timer.finite()

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_dry_run_runs_every_step_and_writes_its_tables(tmp_path):
   out = tmp_path / "device_check"
   # Inherits conftest's XLA_FLAGS (optimisation level 0): a plumbing check, compile-bound.
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # TMPDIR: the sweep's node-local compilation cache goes under tmp_path.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
   done = subprocess.run(
     [sys.executable, "-m", "experiments.device_check", "--dry_run", f"--out={out}"],
     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -35,3 +36,24 @@ def test_dry_run_runs_every_step_and_writes_its_tables(tmp_path):
   ):
     assert table in markdown
   assert " passed" in markdown  # pytest's summary line
+
+
+_BUDGETS = """
+from experiments import device_check as d
+for limits in (d.LIMITS_S, d.DRY_RUN_LIMITS_S):
+  assert sum(limits.values()) <= d._BUDGET_S.default <= d.MAX_BUDGET_S <= 8 * 60, limits
+  d.check_budget(limits, d._BUDGET_S.default)
+try:
+  d.check_budget(dict(d.LIMITS_S, tests=d.LIMITS_S["tests"] + 1), d._BUDGET_S.default)
+except ValueError as e:
+  print("refused:", e)
+assert set(d.LIMITS_S) == set(d.DRY_RUN_LIMITS_S) == {s.name for s in d._steps("o", False, 8)}
+"""
+
+
+def test_step_limits_fit_the_budget_and_the_budget_eight_minutes():
+  done = subprocess.run(
+    [sys.executable, "-c", _BUDGETS], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "refused: step limits" in done.stdout and "add up to 471 s" in done.stdout

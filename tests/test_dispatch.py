@@ -1,6 +1,7 @@
 """The attention dispatcher: a pure, testable choice, identical results, a visible choice."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,21 @@ import pytest
 
 import attnlab
 from attnlab.efficient import dispatch
-from attnlab.efficient.dispatch import AttentionProblem, Implementation, MaskKind
+from attnlab.efficient.dispatch import AttentionProblem, DeviceFacts, Implementation, MaskKind
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+# Declared devices: (platform, compute capability, cuDNN version).
+A100 = DeviceFacts("cuda", (8, 0), 90300)
+RTX_3090 = DeviceFacts("cuda", (8, 6), 90300)
+H100 = DeviceFacts("cuda", (9, 0), 90300)
+V100 = DeviceFacts("cuda", (7, 0), 90300)  # Volta: pre-Ampere
+T4 = DeviceFacts("cuda", (7, 5), 90300)  # Turing: pre-Ampere
+A100_NO_CUDNN = DeviceFacts("cuda", (8, 0), None)
+MI300 = DeviceFacts("rocm")
+CPU = DeviceFacts("cpu")
+TPU = DeviceFacts("tpu")
 _GPU_BF16 = AttentionProblem(
-    backend="gpu", dtype="bfloat16", batch=2, q_len=1024, k_len=1024, heads=8, head_dim=64,
+    device=A100, dtype="bfloat16", batch=2, q_len=1024, k_len=1024, heads=8, head_dim=64,
     value_dim=64, mask_kind=MaskKind.NONE,
 )  # fmt: skip
 
@@ -23,18 +34,64 @@ _GPU_BF16 = AttentionProblem(
 @pytest.mark.parametrize("length", [16, 4096])
 def test_cpu_never_picks_cudnn(dtype, mask_kind, length):
   problem = dataclasses.replace(
-    _GPU_BF16, backend="cpu", dtype=dtype, mask_kind=mask_kind, q_len=length, k_len=length
+    _GPU_BF16, device=CPU, dtype=dtype, mask_kind=mask_kind, q_len=length, k_len=length
   )
   assert dispatch.choose_implementation(problem) in (Implementation.SOFT, Implementation.CHUNKED)
 
 
-@pytest.mark.parametrize("backend", ["gpu", "cuda"])
+@pytest.mark.parametrize("device", [A100, RTX_3090, H100], ids=["sm80", "sm86", "sm90"])
 @pytest.mark.parametrize("mask_kind", [MaskKind.NONE, MaskKind.CAUSAL])
-def test_gpu_half_precision_without_arbitrary_mask_picks_cudnn(backend, mask_kind):
-  problem = dataclasses.replace(_GPU_BF16, backend=backend, mask_kind=mask_kind)
+def test_ampere_or_newer_half_precision_without_arbitrary_mask_picks_cudnn(device, mask_kind):
+  problem = dataclasses.replace(_GPU_BF16, device=device, mask_kind=mask_kind)
   assert dispatch.choose_implementation(problem) is Implementation.CUDNN
   fp16 = dataclasses.replace(problem, dtype="float16", head_dim=128, value_dim=128)
   assert dispatch.choose_implementation(fp16) is Implementation.CUDNN
+
+
+@pytest.mark.parametrize(
+  "device, reason",
+  [
+    (V100, r"compute capability 7\.0 < 8\.0"),
+    (T4, r"compute capability 7\.5 < 8\.0"),
+    (DeviceFacts("cuda", None, 90300), "compute capability unknown"),
+    (A100_NO_CUDNN, "no cuDNN is loaded"),
+    (MI300, "platform 'rocm' is not CUDA"),
+    (TPU, "platform 'tpu' is not CUDA"),
+    (CPU, "platform 'cpu' is not CUDA"),
+    (DeviceFacts("cuda", (10, 3), 91000), r"10\.3 needs cuDNN >= 9\.11"),
+  ],
+)
+def test_devices_without_cudnn_attention_fall_back_and_say_why(device, reason):
+  problem = dataclasses.replace(_GPU_BF16, device=device)
+  # attnlab's own form instead (2^24 scores: the chunked kernel), not an error.
+  assert dispatch.choose_implementation(problem) is Implementation.CHUNKED
+  assert re.search(reason, dispatch.cudnn_unsupported_reason(device, "bfloat16", 64, 64))
+  assert dispatch.cudnn_unsupported_reason(A100, "bfloat16", 64, 64) is None
+
+
+def test_head_dim_limit_is_128_before_hopper_and_256_from_it():
+  wide = dataclasses.replace(_GPU_BF16, head_dim=256, value_dim=256)
+  assert dispatch.choose_implementation(dataclasses.replace(wide, device=A100)) is not (
+    Implementation.CUDNN
+  )
+  assert dispatch.choose_implementation(dataclasses.replace(wide, device=H100)) is (
+    Implementation.CUDNN
+  )
+  assert dispatch.cudnn_unsupported_reason(H100, "bfloat16", 264, 264) is not None
+
+
+def test_device_facts_read_from_a_device_and_capabilities_parsed():
+  device = jax.devices()[0]
+  facts = DeviceFacts.of(device)
+  if device.platform in ("cpu", "tpu"):
+    assert facts == DeviceFacts(device.platform)  # Only NVIDIA GPUs have a capability.
+  else:  # JAX calls CUDA and ROCm devices "gpu": the facts say which.
+    assert facts.platform in ("cuda", "rocm")
+    assert (facts.compute_capability is not None) == (facts.platform == "cuda")
+  assert dispatch.parse_compute_capability("8.6") == (8, 6)
+  assert dispatch.parse_compute_capability("10.0") == (10, 0)
+  assert dispatch.parse_compute_capability("gfx90a") is None
+  assert dispatch.parse_compute_capability("") is None
 
 
 @pytest.mark.parametrize(
@@ -46,7 +103,10 @@ def test_gpu_half_precision_without_arbitrary_mask_picks_cudnn(backend, mask_kin
     dict(head_dim=256, value_dim=256),
     dict(head_dim=60, value_dim=60),
     dict(value_dim=32),
-    dict(backend="tpu"),
+    dict(device=TPU),
+    dict(device=MI300),
+    dict(device=V100),
+    dict(device=A100_NO_CUDNN),
   ],
 )
 def test_gpu_falls_back_to_attnlab_outside_cudnn_support(change):
@@ -55,7 +115,7 @@ def test_gpu_falls_back_to_attnlab_outside_cudnn_support(change):
 
 
 def test_cpu_picks_plain_for_short_keys_or_a_bias_and_chunked_beyond():
-  short = dataclasses.replace(_GPU_BF16, backend="cpu", k_len=dispatch.PLAIN_MAX_KEYS)
+  short = dataclasses.replace(_GPU_BF16, device=CPU, k_len=dispatch.PLAIN_MAX_KEYS)
   long = dataclasses.replace(short, k_len=dispatch.PLAIN_MAX_KEYS + 1)
   assert dispatch.choose_implementation(short) is Implementation.SOFT
   assert dispatch.choose_implementation(long) is Implementation.CHUNKED
@@ -134,7 +194,7 @@ def test_automatic_choice_is_reported_and_matches_choose_implementation():
   out = dispatch.dot_product_attention(q, k, v, is_causal=True)
   choice = dispatch.dispatch_implementation(q, k, v, is_causal=True)
   problem = AttentionProblem(
-      backend=jax.default_backend(), dtype="float32", batch=2, q_len=520,
+      device=DeviceFacts.of(jax.devices()[0]), dtype="float32", batch=2, q_len=520,
       k_len=dispatch.PLAIN_MAX_KEYS + 3, heads=8, head_dim=8, value_dim=8,
       mask_kind=MaskKind.CAUSAL, kv_heads=8,
   )  # fmt: skip
@@ -142,11 +202,22 @@ def test_automatic_choice_is_reported_and_matches_choose_implementation():
   # Shapes are enough: the choice is static and computes nothing.
   structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
   assert dispatch.dispatch_implementation(*structs, is_causal=True) is choice
-  gpu = dispatch.dispatch_implementation(
-    *(jax.ShapeDtypeStruct(x.shape, jnp.bfloat16) for x in (q, k, v)), is_causal=True,
-    backend="gpu",
-  )  # fmt: skip
-  assert gpu is Implementation.CUDNN
+  half = [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16) for x in (q, k, v)]
+  assert dispatch.dispatch_implementation(*half, is_causal=True, device=H100) is (
+    Implementation.CUDNN
+  )
+  for device in (V100, MI300, A100_NO_CUDNN, TPU):  # The same call where cuDNN cannot run it.
+    assert dispatch.dispatch_implementation(*half, is_causal=True, device=device) is (
+      Implementation.CHUNKED
+    )
+  # No device given: the arrays' own (shapes alone: the default device). On a CPU, never cuDNN.
+  here = DeviceFacts.of(jax.devices()[0])
+  expected = Implementation.CHUNKED
+  if dispatch.cudnn_unsupported_reason(here, "bfloat16", 8, 8) is None:
+    expected = Implementation.CUDNN
+  assert dispatch.dispatch_implementation(*half, is_causal=True) is expected
+  assert dispatch.target_device(q) == here
+  assert dispatch.target_device(half[0]) == DeviceFacts.of(jax.devices()[0])  # The default.
   forced = dispatch.dot_product_attention(q, k, v, is_causal=True, implementation="soft")
   np.testing.assert_allclose(out, forced, **TOL)
   jitted_out = jax.jit(dispatch.dot_product_attention, static_argnames="is_causal")(
@@ -161,10 +232,16 @@ def test_bad_overrides_are_explained():
     ValueError, match=r"'flash' is invalid; valid choices: \['cudnn', 'xla', 'soft'"
   ):
     dispatch.dot_product_attention(q, k, v, implementation="flash")
-  with pytest.raises(ValueError, match="needs a GPU backend"):
-    dispatch.dispatch_implementation(q, k, v, implementation="cudnn", backend="cpu")
+  with pytest.raises(ValueError, match="cannot run here: platform 'cpu' is not CUDA"):
+    dispatch.dispatch_implementation(q, k, v, implementation="cudnn", device=CPU)
+  half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  with pytest.raises(ValueError, match=r"cannot run here: compute capability 7\.5 < 8\.0"):
+    dispatch.dispatch_implementation(*half, implementation="cudnn", device=T4)
   with pytest.raises(ValueError, match="mask kind 'dense'"):
-    dispatch.dispatch_implementation(q, k, v, mask=dense, implementation="cudnn", backend="gpu")
+    dispatch.dispatch_implementation(*half, mask=dense, implementation="cudnn", device=A100)
+  assert dispatch.dispatch_implementation(*half, implementation="cudnn", device=A100) is (
+    Implementation.CUDNN
+  )
   with pytest.raises(TypeError, match="boolean"):
     dispatch.dot_product_attention(q, k, v, mask=dense.astype(jnp.float32))
   with pytest.raises(ValueError, match="does not take a bias"):

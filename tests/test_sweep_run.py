@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from attnlab.sweep import plan, run, table
+from attnlab.sweep import plan, run, table, workers
 from attnlab.training import rundir
 from configs import compare as compare_config
 
@@ -290,6 +290,8 @@ def test_worker_processes_give_the_same_results_and_isolate_failures(tmp_path):
   config.num_workers = 2
   report, lines = _run(config, tmp_path / "parallel", FakeTrain(fail_on={"reverse"}))
   _, sequential_lines = _run(_smoke(), tmp_path / "sequential", FakeTrain(fail_on={"reverse"}))
+  # On an accelerator the parallel sweep also prints its workers' environments.
+  lines = [line for line in lines if " worker process(es) on " not in line]
   assert len(lines) == len(sequential_lines)
   assert sorted((g.task, g.method, g.status) for g in report.groups) == [
     ("copy", "reinforce_ema", "completed"),
@@ -304,6 +306,71 @@ def test_worker_processes_give_the_same_results_and_isolate_failures(tmp_path):
     (r["task"], r["method"], r["seed"], r["status"]) for r in _csv_rows(tmp_path / "sequential")
   ]
   assert parallel == sequential
+
+
+class EnvRecordingTrain(FakeTrain):
+  """FakeTrain that also records its worker's pid and device variables in each run's
+  ``env.json``; a worker's first group waits (up to a minute) until two workers hold one, so
+  that both workers train."""
+
+  def __init__(self, started_dir):
+    super().__init__()
+    self.started_dir = started_dir
+
+  def __call__(self, config, seeds, workdirs):
+    open(os.path.join(self.started_dir, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(self.started_dir)) < 2 and time.monotonic() < deadline:
+      time.sleep(0.05)
+    names = (
+      "CUDA_VISIBLE_DEVICES",
+      "XLA_PYTHON_CLIENT_PREALLOCATE",
+      "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    )
+    for workdir in workdirs:
+      os.makedirs(workdir, exist_ok=True)
+      rundir.write_json(
+        os.path.join(workdir, "env.json"),
+        {"pid": os.getpid(), **{n: os.environ.get(n) for n in names}},
+      )
+    return super().__call__(config, seeds, workdirs)
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_workers_on_declared_gpus_get_their_own_devices_and_no_preallocation(
+  tmp_path, monkeypatch, gpus
+):
+  # The machine is declared (no GPU here): what the probe would report on a 1- or 2-GPU host.
+  machine = workers.Machine("cuda", gpus, gpus, "declared GPU", backend="gpu")
+  monkeypatch.setattr(workers, "probe_machine", lambda: machine)
+  for name in ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_PREALLOCATE"):
+    monkeypatch.delenv(name, raising=False)
+  config = _smoke()
+  config.num_workers = 2
+  started = tmp_path / "started"
+  started.mkdir()
+  report, lines = _run(config, tmp_path / "sweep", EnvRecordingTrain(str(started)))
+  assert {g.status for g in report.groups} == {"completed"}
+  assert lines[0].startswith(f"2 worker process(es) on {gpus} cuda device(s) (declared GPU); ")
+  envs = [
+    rundir.read_json(os.path.join(rundir.run_dir(str(tmp_path / "sweep"), t, m, s), "env.json"))
+    for t in config.tasks
+    for m in config.method_names
+    for s in config.seeds
+  ]
+  by_worker = {}
+  for env in envs:
+    by_worker.setdefault(env.pop("pid"), []).append(env)
+  assert os.getpid() not in by_worker and len(by_worker) == 2
+  for worker_envs in by_worker.values():  # One environment per worker, all its groups.
+    assert all(env == worker_envs[0] for env in worker_envs)
+  seen = sorted(
+    (e[0]["CUDA_VISIBLE_DEVICES"], e[0]["XLA_PYTHON_CLIENT_MEM_FRACTION"])
+    for e in by_worker.values()
+  )
+  assert seen == ([("0", "0.45"), ("0", "0.45")] if gpus == 1 else [("0", None), ("1", None)])
+  assert {e[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] for e in by_worker.values()} == {"false"}
+  assert "CUDA_VISIBLE_DEVICES" not in os.environ  # The sweep's own environment is untouched.
 
 
 def test_num_workers_is_validated(tmp_path):

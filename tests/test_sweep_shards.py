@@ -159,7 +159,9 @@ def test_experiments_compare_shards_run_at_once_and_table_matches_unsharded(tmp_
     "--config.base.probe_steps=()",  # The probe is the slowest compile; not needed here.
   ]
   sharded = str(tmp_path / "sharded")
-  env = dict(os.environ, PYTHONPATH=_REPO, JAX_PLATFORMS="cpu")
+  node_tmp = tmp_path / "node_tmp"  # The node-local directory of the compilation cache.
+  node_tmp.mkdir()
+  env = dict(os.environ, PYTHONPATH=_REPO, JAX_PLATFORMS="cpu", TMPDIR=str(node_tmp))
   processes = [
     subprocess.Popen(
       [
@@ -187,10 +189,12 @@ def test_experiments_compare_shards_run_at_once_and_table_matches_unsharded(tmp_
   assert [p.returncode for p in processes] == [0, 0], outputs
   assert "shard 1 of 2: 1 group(s): copy/reinforce_ema" in outputs[1], outputs[1]
   assert not os.path.exists(os.path.join(sharded, rundir.RESULTS_FILE))
-  # Each shard's files are its own: its group, its status file, its compilation cache.
-  for i, method in enumerate(("soft_additive", "reinforce_ema")):
-    assert os.path.isdir(os.path.join(sharded, ".jax_cache", f"shard_{i}_of_2"))
+  # Each shard's files are its own: its group, its status file. The compilation cache is
+  # node-local (TMPDIR), shared by the shards of this machine, never in the sweep directory.
+  for method in ("soft_additive", "reinforce_ema"):
     assert rundir.is_finished(rundir.run_dir(sharded, "copy", method, 0))
+  assert os.listdir(node_tmp / f"attnlab-{os.getuid()}" / "jax_cache")
+  assert not os.path.exists(os.path.join(sharded, ".jax_cache"))
   assert sorted(os.listdir(os.path.join(sharded, rundir.SHARDS_DIR))) == [
     "shard_0_of_2.json",
     "shard_1_of_2.json",

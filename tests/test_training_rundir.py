@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -163,6 +164,100 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path):
     holder.wait(timeout=30)
   with rundir.locked(run):
     pass
+
+
+def _without_flock(monkeypatch, code=errno.ENOLCK):
+  """Makes fcntl.flock fail as on a filesystem without it (NFS without lockd: ENOLCK)."""
+
+  def flock(fd, operation):
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(rundir.fcntl, "flock", flock)
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_without_flock_a_lock_file_refuses_a_second_writer(tmp_path, monkeypatch, code):
+  _without_flock(monkeypatch, code)
+  run = _run(tmp_path)
+  held = rundir.lock_path(run) + rundir.HELD_SUFFIX
+  with rundir.locked(run, what="sweep"):
+    assert open(held).read().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(rundir.DirectoryLockedError, match=f"in use by pid {os.getpid()} on .*"
+                       "flock is unavailable here"):  # fmt: skip
+      with rundir.locked(run):
+        pass
+    with rundir.locked(run, shard=0):  # Another shard's lock is another file.
+      pass
+  assert not os.path.exists(held)  # Released: removed.
+  with rundir.locked(run):
+    pass
+
+
+def test_without_fcntl_a_lock_file_is_used(tmp_path, monkeypatch):
+  monkeypatch.setattr(rundir, "fcntl", None)  # Not POSIX.
+  run = _run(tmp_path)
+  with rundir.locked(run):
+    with pytest.raises(rundir.DirectoryLockedError, match="flock is unavailable here"):
+      with rundir.locked(run):
+        pass
+
+
+def test_flock_errors_other_than_unsupported_still_raise(tmp_path, monkeypatch):
+  _without_flock(monkeypatch, errno.EBADF)
+  with pytest.raises(OSError, match="Bad file descriptor"):
+    with rundir.locked(_run(tmp_path)):
+      pass
+
+
+def _dead_pid():
+  done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)  # fmt: skip
+  return int(done.stdout)
+
+
+def test_without_flock_a_dead_holders_lock_file_is_taken_over(tmp_path, monkeypatch, caplog):
+  _without_flock(monkeypatch)
+  run = _run(tmp_path)
+  held = rundir.lock_path(run) + rundir.HELD_SUFFIX
+  pid = _dead_pid()
+  with open(held, "w") as f:  # Left by a process of this host killed with -9.
+    f.write(f"pid {pid} on {rundir.socket.gethostname()}, started 2024-01-01 00:00:00 UTC\n")
+  with caplog.at_level(logging.WARNING), rundir.locked(run):
+    assert open(held).read().startswith(f"pid {os.getpid()} ")
+  assert f"pid {pid} on this host, is dead" in caplog.text
+
+
+def test_without_flock_another_hosts_lock_file_is_stale_once_not_refreshed(tmp_path, monkeypatch):
+  _without_flock(monkeypatch)
+  run = _run(tmp_path)
+  held = rundir.lock_path(run) + rundir.HELD_SUFFIX
+  with open(held, "w") as f:
+    f.write("pid 1 on some-other-host, started 2024-01-01 00:00:00 UTC\n")
+  # Refreshed recently: its holder may be alive.
+  with pytest.raises(rundir.DirectoryLockedError, match="in use by pid 1 on some-other-host"):
+    with rundir.locked(run):
+      pass
+  old = os.stat(held).st_mtime - rundir.STALE_SECONDS - 10
+  os.utime(held, (old, old))
+  with rundir.locked(run):
+    assert open(held).read().startswith(f"pid {os.getpid()} ")
+
+
+def test_without_flock_the_holder_refreshes_its_lock_file(tmp_path, monkeypatch):
+  _without_flock(monkeypatch)
+  monkeypatch.setattr(rundir, "HEARTBEAT_SECONDS", 0.05)
+  run = _run(tmp_path)
+  held = rundir.lock_path(run) + rundir.HELD_SUFFIX
+  with rundir.locked(run):
+    old = os.stat(held).st_mtime - rundir.STALE_SECONDS - 10
+    os.utime(held, (old, old))
+    deadline = time.monotonic() + 10
+    while os.stat(held).st_mtime < old + 1 and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert time.time() - os.stat(held).st_mtime < rundir.STALE_SECONDS
+    with pytest.raises(rundir.DirectoryLockedError):  # So it is not taken over.
+      with rundir.locked(run):
+        pass
 
 
 def test_config_differences_name_dotted_keys_and_both_values():

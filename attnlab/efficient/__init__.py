@@ -8,11 +8,14 @@ them over ``[B, T, H, D]`` inputs as :mod:`attnlab.multihead` does.
 from attnlab.efficient.chunked import chunked_soft_attention, multi_head_chunked_attention
 from attnlab.efficient.dispatch import (
   AttentionProblem,
+  DeviceFacts,
   Implementation,
   MaskKind,
   choose_implementation,
+  cudnn_unsupported_reason,
   dispatch_implementation,
   dot_product_attention,
+  target_device,
 )
 from attnlab.efficient.linear import (
   elu_plus_one,
@@ -24,10 +27,12 @@ from attnlab.efficient.local import local_attention, multi_head_local_attention
 
 __all__ = [
   "AttentionProblem",
+  "DeviceFacts",
   "Implementation",
   "MaskKind",
   "choose_implementation",
   "chunked_soft_attention",
+  "cudnn_unsupported_reason",
   "dispatch_implementation",
   "dot_product_attention",
   "elu_plus_one",
@@ -37,4 +42,5 @@ __all__ = [
   "multi_head_chunked_attention",
   "multi_head_linear_attention",
   "multi_head_local_attention",
+  "target_device",
 ]

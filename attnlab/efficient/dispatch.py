@@ -5,14 +5,18 @@
 key_value_seq_lengths, local_window_size, implementation``; batched ``[B, T, N, H]`` or
 unbatched ``[T, N, H]``; grouped K/V heads) and returns one array, so ``jax.jit`` and
 ``jax.vmap`` apply as to jax.nn's. Which implementation runs is a pure function of static
-facts (:func:`choose_implementation`); :func:`dispatch_implementation` answers it for a call
-without running it:
+facts (:func:`choose_implementation`): the shapes, dtype and mask kind of the call, and the
+:class:`DeviceFacts` of the device it runs on; :func:`dispatch_implementation` answers it for
+a call without running it:
 
-  * GPU, float16/bfloat16, head dim <= 128 and a multiple of 8, no bias, no mask or causal
-    only: ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused flash kernel).
-    With an arbitrary mask cuDNN could produce rows with no visible key, which jax.nn turns
-    into a uniform average; attnlab's semantics (zeros) would be lost, so those go to
-    attnlab. This is the one place in attnlab that picks code by backend.
+  * An NVIDIA GPU on which cuDNN's fused attention runs (:func:`cudnn_unsupported_reason`:
+    CUDA, compute capability >= 8.0 (Ampere), cuDNN loaded), float16/bfloat16, head dim a
+    multiple of 8 and <= 128 (<= 256 from compute capability 9.0, Hopper), no bias, no mask
+    or causal only: ``jax.nn.dot_product_attention(implementation="cudnn")`` (fused flash
+    kernel). ROCm, pre-Ampere cards and machines without cuDNN get attnlab's own forms
+    instead of an error. With an arbitrary mask cuDNN could produce rows with no visible
+    key, which jax.nn turns into a uniform average; attnlab's semantics (zeros) would be
+    lost, so those go to attnlab. This is the one place in attnlab that picks code by device.
   * Otherwise attnlab's own: the plain vmapped :func:`attnlab.multi_head_soft_attention`
     for small problems or with a bias, :func:`multi_head_chunked_attention` (online
     softmax, O(T) memory, flash-style VJP, causal/window tiles skipped) for larger ones.
@@ -20,6 +24,12 @@ without running it:
 All implementations give the same result (to float32 rounding), including zero context for
 queries with no visible key: the jax.nn paths are corrected for that when a mask could
 produce one.
+
+The device: the one that holds ``query`` when it is a concrete ``jax.Array`` (or a
+``jax.ShapeDtypeStruct`` with a sharding); otherwise (numpy inputs, shapes alone, and tracers
+inside ``jax.jit``, which carry no device) JAX's default device
+(``jax.config.jax_default_device``, else the first device of the default backend), which is
+where ``jit`` runs a computation whose inputs are not committed elsewhere.
 """
 
 from __future__ import annotations
@@ -37,7 +47,11 @@ from attnlab.efficient import chunked
 from attnlab.enums import Choice
 
 _CUDNN_DTYPES = ("bfloat16", "float16")
-_GPU_BACKENDS = ("gpu", "cuda")
+# cuDNN's fused (flash) attention: NVIDIA Ampere or newer; head dims up to 128 before Hopper
+# and 256 from Hopper on (the limits jax.nn's cuDNN path checks,
+# jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention).
+CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
+_HOPPER = (9, 0)
 # The plain form is chosen for up to PLAIN_MAX_KEYS keys, or while the B·H·Tq·Tk scores
 # stay within PLAIN_MAX_SCORES elements (8 MiB of float32); the chunked kernel beyond.
 # Measured on 2 CPU cores, forward+backward, 8 heads, dim 64 (soft / chunked time): B=4
@@ -65,10 +79,95 @@ class MaskKind(Choice):
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+  """What the choice needs to know about the device a call runs on (declared or read).
+
+  Attributes:
+    platform: ``"cpu"``, ``"cuda"`` (NVIDIA), ``"rocm"`` (AMD), ``"tpu"``, ...
+    compute_capability: an NVIDIA GPU's ``(major, minor)``, e.g. ``(8, 0)`` for an A100,
+      ``(9, 0)`` for an H100; None elsewhere (or unknown).
+    cudnn_version: the loaded cuDNN's version as cuDNN reports it (e.g. 90300 for 9.3.0);
+      None when no cuDNN is loaded.
+  """
+
+  platform: str
+  compute_capability: tuple[int, int] | None = None
+  cudnn_version: int | None = None
+
+  @classmethod
+  def of(cls, device: jax.Device) -> DeviceFacts:
+    """The facts of a JAX device (read once per device: cached)."""
+    return _facts_of(device)
+
+
+@functools.cache
+def _facts_of(device: jax.Device) -> DeviceFacts:
+  platform = device.platform.lower()
+  if platform not in ("gpu", "cuda", "rocm"):
+    return DeviceFacts(platform)
+  capability = str(getattr(device, "compute_capability", "") or "")
+  try:
+    version = str(device.client.platform_version).lower()
+  except Exception:  # noqa: BLE001 - an unusual client: decide from the capability alone.
+    version = ""
+  if "rocm" in version or capability.startswith("gfx") or platform == "rocm":
+    return DeviceFacts("rocm")
+  return DeviceFacts("cuda", parse_compute_capability(capability), _cudnn_version())
+
+
+def parse_compute_capability(text: str) -> tuple[int, int] | None:
+  """``"8.6"`` -> ``(8, 6)``; None for anything else (e.g. ``""``, ``"gfx90a"``)."""
+  major, _, minor = text.strip().partition(".")
+  return (int(major), int(minor or 0)) if major.isdigit() and (minor or "0").isdigit() else None
+
+
+def _cudnn_version() -> int | None:
+  """The loaded cuDNN's version, or None (no CUDA plugin, or cuDNN not loadable)."""
+  try:
+    from jax._src.lib import cuda_versions  # What jax.nn's cuDNN path itself asks.
+
+    return None if cuda_versions is None else int(cuda_versions.cudnn_get_version())
+  except Exception:  # noqa: BLE001 - no cuDNN is an answer, not an error.
+    return None
+
+
+def cudnn_unsupported_reason(
+  device: DeviceFacts, dtype: str, head_dim: int, value_dim: int
+) -> str | None:
+  """Why cuDNN's fused attention cannot run these operands on ``device`` (None: it can).
+
+  Args:
+    device: the device's facts.
+    dtype: the dtype name of query, key and value.
+    head_dim: ``H`` of query and key.
+    value_dim: ``Hv`` of value.
+
+  Returns:
+    None, or one phrase naming the first unmet requirement.
+  """
+  if device.platform != "cuda":
+    return f"platform {device.platform!r} is not CUDA (NVIDIA)"
+  capability = device.compute_capability
+  if capability is None or capability < CUDNN_MIN_COMPUTE_CAPABILITY:
+    shown = "unknown" if capability is None else ".".join(map(str, capability))
+    return f"compute capability {shown} < 8.0 (cuDNN fused attention needs Ampere or newer)"
+  if device.cudnn_version is None:
+    return "no cuDNN is loaded"
+  if capability == (10, 3) and device.cudnn_version < 91100:
+    return "compute capability 10.3 needs cuDNN >= 9.11"
+  if dtype not in _CUDNN_DTYPES:
+    return f"dtype {dtype} is not float16 or bfloat16"
+  max_dim = 256 if capability >= _HOPPER else 128
+  if head_dim != value_dim or head_dim > max_dim or head_dim % 8:
+    return f"head dims {head_dim}/{value_dim} are not equal, <= {max_dim} and multiples of 8"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionProblem:
   """The static facts the choice depends on."""
 
-  backend: str  # "cpu", "gpu"/"cuda", "tpu", ...
+  device: DeviceFacts  # where the call runs
   dtype: str  # dtype name of q/k/v, e.g. "float32"
   batch: int
   q_len: int
@@ -92,23 +191,23 @@ def choose_implementation(problem: AttentionProblem) -> Implementation:
   """Picks the fastest implementation that keeps attnlab's semantics; pure and static.
 
   Args:
-    problem: backend, dtype, shapes, bias and mask kind of the call.
+    problem: device, dtype, shapes, bias and mask kind of the call.
 
   Returns:
-    CUDNN on a GPU for float16/bfloat16, head dims ``<= 128`` and multiples of 8, equal
-    ``D`` and ``Dv``, no bias and no mask or causal only. Otherwise SOFT (the plain vmapped
-    form) with a bias, for ``Tk <= PLAIN_MAX_KEYS`` or up to ``PLAIN_MAX_SCORES`` score
-    elements ``B·H·Tq·Tk``, and CHUNKED beyond: on CPU it was measured faster than the
-    plain form from there on, needs O(T) memory and skips causal and local-window tiles.
+    CUDNN where cuDNN's fused attention runs these operands on the device
+    (:func:`cudnn_unsupported_reason` gives None: an NVIDIA GPU of compute capability >= 8.0
+    with cuDNN, float16/bfloat16, equal head dims that are multiples of 8 and <= 128, or
+    <= 256 from compute capability 9.0), with no bias and no mask or causal only. Otherwise
+    SOFT (the plain vmapped form) with a bias, for ``Tk <= PLAIN_MAX_KEYS`` or up to
+    ``PLAIN_MAX_SCORES`` score elements ``B·H·Tq·Tk``, and CHUNKED beyond: on CPU it was
+    measured faster than the plain form from there on, needs O(T) memory and skips causal
+    and local-window tiles.
   """
   if (
-    problem.backend in _GPU_BACKENDS
-    and problem.dtype in _CUDNN_DTYPES
-    and problem.head_dim == problem.value_dim
-    and problem.head_dim <= 128
-    and problem.head_dim % 8 == 0
-    and not problem.has_bias
+    not problem.has_bias
     and problem.mask_kind in (MaskKind.NONE, MaskKind.CAUSAL)
+    and cudnn_unsupported_reason(problem.device, problem.dtype, problem.head_dim, problem.value_dim)
+    is None
   ):
     return Implementation.CUDNN
   scores = problem.batch * problem.heads * problem.q_len * problem.k_len
@@ -136,14 +235,14 @@ class _Call:
   def groups(self) -> int:
     return self.query.shape[2] // self.key.shape[2]
 
-  def problem(self, backend: str) -> AttentionProblem:
+  def problem(self, device: DeviceFacts) -> AttentionProblem:
     batch, q_len, heads, head_dim = self.query.shape
     window_or_dense = self.window is not None or (
       self.mask is not None and mask_kind(self.mask, False) is MaskKind.DENSE
     )
     kind = MaskKind.DENSE if window_or_dense else mask_kind(self.mask, self.causal)
     return AttentionProblem(
-      backend=backend,
+      device=device,
       dtype=jnp.dtype(self.query.dtype).name,
       batch=batch,
       q_len=q_len,
@@ -233,19 +332,43 @@ def _prepare(query, key, value, bias, mask, scale, is_causal, q_lengths, kv_leng
   )
 
 
-def _choice(call: _Call, implementation, backend: str | None) -> Implementation:
-  backend = jax.default_backend() if backend is None else backend
-  problem = call.problem(backend)
+def _default_device() -> jax.Device:
+  """Where ``jit`` runs uncommitted inputs: ``jax_default_device``, else the first device of
+  the default backend."""
+  default = jax.config.jax_default_device
+  if isinstance(default, str):  # A platform name.
+    return jax.devices(default)[0]
+  return default if default is not None else jax.devices()[0]
+
+
+def target_device(query) -> DeviceFacts:
+  """The facts of the device a call with this ``query`` runs on (see the module docstring).
+
+  Args:
+    query: a concrete ``jax.Array`` (its device), a ``jax.ShapeDtypeStruct`` (the device of
+      its sharding, if it has one), or anything else (a tracer, numpy): the default device.
+  """
+  devices = None
+  if isinstance(query, jax.Array) and not isinstance(query, jax.core.Tracer):
+    devices = query.devices()
+  elif isinstance(query, jax.ShapeDtypeStruct) and getattr(query, "sharding", None) is not None:
+    devices = getattr(query.sharding, "device_set", None)
+  if devices:
+    return DeviceFacts.of(min(devices, key=lambda d: d.id))
+  return DeviceFacts.of(_default_device())
+
+
+def _choice(call: _Call, implementation, device: DeviceFacts) -> Implementation:
+  problem = call.problem(device)
   if implementation is None:
     return choose_implementation(problem)
   choice = Implementation.parse(implementation)
-  if choice is Implementation.CUDNN and (
-    backend not in _GPU_BACKENDS or problem.mask_kind not in (MaskKind.NONE, MaskKind.CAUSAL)
-  ):
-    raise ValueError(
-      f"implementation='cudnn' needs a GPU backend and no mask or causal only; got backend "
-      f"{backend!r}, mask kind {problem.mask_kind.value!r}."
-    )
+  if choice is Implementation.CUDNN:
+    reason = cudnn_unsupported_reason(device, problem.dtype, problem.head_dim, problem.value_dim)
+    if reason is None and problem.mask_kind not in (MaskKind.NONE, MaskKind.CAUSAL):
+      reason = f"mask kind {problem.mask_kind.value!r} is not none or causal"
+    if reason is not None:
+      raise ValueError(f"implementation='cudnn' cannot run here: {reason} (device {device}).")
   return choice
 
 
@@ -262,23 +385,29 @@ def dispatch_implementation(
   key_value_seq_lengths: chex.Array | None = None,
   local_window_size: int | tuple[int, int] | None = None,
   implementation: str | Implementation | None = None,
-  backend: str | None = None,
+  device: jax.Device | DeviceFacts | None = None,
 ) -> Implementation:
   """The :class:`Implementation` :func:`dot_product_attention` runs for these arguments.
 
-  Pure and cheap: only shapes, dtypes and options are looked at (arrays may be
-  ``jax.ShapeDtypeStruct``; nothing is computed), so it can be asked before or outside
-  ``jit``, or for another backend.
+  Pure and cheap: only shapes, dtypes, options and the device's facts are looked at (arrays
+  may be ``jax.ShapeDtypeStruct``; nothing is computed), so it can be asked before or outside
+  ``jit``, or for another device.
 
   Args:
     query: as in :func:`dot_product_attention`; so are ``key``, ``value``, ``bias``,
       ``mask``, ``scale``, ``is_causal``, ``query_seq_lengths``, ``key_value_seq_lengths``,
       ``local_window_size`` and ``implementation``.
-    backend: the platform to decide for; default ``jax.default_backend()``.
+    device: the device to decide for: a ``jax.Device`` or declared :class:`DeviceFacts`
+      (e.g. ``DeviceFacts("cuda", (9, 0), 90300)``); default: the device
+      :func:`dot_product_attention` would run on (:func:`target_device`).
 
   Returns:
     The implementation (after validating a forced one).
   """
+  if device is None:
+    device = target_device(query)
+  elif not isinstance(device, DeviceFacts):
+    device = DeviceFacts.of(device)
   choices = []
 
   def probe(query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths):
@@ -286,7 +415,7 @@ def dispatch_implementation(
       query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
       key_value_seq_lengths, local_window_size,
     )  # fmt: skip
-    choices.append(_choice(call, implementation, backend))
+    choices.append(_choice(call, implementation, device))
 
   # Abstract evaluation: arrays, tracers and jax.ShapeDtypeStruct all work; nothing runs.
   jax.eval_shape(probe, query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths)
@@ -396,11 +525,12 @@ def dot_product_attention(
     Vaswani et al. 2017; Ainslie et al., "GQA", EMNLP 2023; Dao et al., "FlashAttention",
     NeurIPS 2022.
   """
+  device = target_device(query)
   call = _prepare(
     query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
     key_value_seq_lengths, local_window_size,
   )  # fmt: skip
-  choice = _choice(call, implementation, None)
+  choice = _choice(call, implementation, device)
   if choice in (Implementation.CUDNN, Implementation.XLA):
     out = _run_jax_nn(call, choice.value)
   elif choice is Implementation.CHUNKED:

@@ -25,6 +25,9 @@
   ``DIR/shards/shard_<i>_of_<n>.json``; shard 0 also writes ``grid.json``. No shard writes
   ``results.csv``, ``table.md`` or ``plots/``: ``python -m experiments.table --workdir=DIR``
   builds them once every shard is done, equal (timing columns aside) to an unsharded sweep's.
+- Accelerator-safe: the sweep process initialises no JAX backend (the hardware line comes from
+  a probe subprocess) and every worker gets its own devices and no memory preallocation
+  (:mod:`attnlab.sweep.workers`), so ``num_workers`` workers share N GPUs without contention.
 """
 
 from __future__ import annotations
@@ -160,20 +163,22 @@ def _run_group(group: Group, workdir: str, train_fn: TrainFn) -> GroupResult:
   return GroupResult(group.task, group.method, group.pending, status, seconds, error)
 
 
-def _results_as_completed(groups, workdir, train_fn, num_workers) -> Iterator[GroupResult]:
-  """Yields each group's result as it finishes, training ``num_workers`` groups at a time.
+def _results_as_completed(groups, workdir, train_fn, environments) -> Iterator[GroupResult]:
+  """Yields each group's result as it finishes, one group per worker at a time.
 
   Small models leave a CPU core idle (compilation and the decoder scan are single-threaded),
   so on CPU two worker processes nearly halve a sweep. Workers are spawned (JAX does not
-  survive fork) and inherit the environment, e.g. ``JAX_COMPILATION_CACHE_DIR``.
+  survive fork), inherit the environment (e.g. ``JAX_COMPILATION_CACHE_DIR``) and add their
+  own entry of ``environments`` (:func:`attnlab.sweep.workers.worker_environments`: devices,
+  memory); one entry: the groups train in this process.
   """
-  if num_workers <= 1:
+  if len(environments) <= 1:
     for group in groups:
       yield _run_group(group, workdir, train_fn)
     return
   context = multiprocessing.get_context("spawn")
   with futures.ProcessPoolExecutor(
-    num_workers, mp_context=context, **workers.exit_with_parent_initializer()
+    len(environments), mp_context=context, **workers.pool_arguments(context, environments)
   ) as pool:
     pending = [pool.submit(_run_group, g, workdir, train_fn) for g in groups]
     for future in futures.as_completed(pending):
@@ -249,8 +254,13 @@ def _run_planned(
   start = time.perf_counter()
   train_fn = train_fn or _default_train_fn()
   _set_aside_stale_runs(groups, workdir, log)
+  machine = workers.probe_machine()  # This process starts no backend: the workers will.
+  environments = workers.worker_environments(machine, config.num_workers, os.environ)
+  plan_line = workers.describe_workers(machine, config.num_workers, environments)
+  if plan_line:
+    log(plan_line)
   grid = dataclasses.replace(
-    grid_of(config), hardware=table.hardware_description(), eval_mode=_eval_mode(config)
+    grid_of(config), hardware=machine.describe(), eval_mode=_eval_mode(config)
   )
   if shard.index == 0:  # The same grid for every shard: one writer.
     table.write_grid(workdir, grid)
@@ -271,7 +281,7 @@ def _run_planned(
   to_run = sorted((g for g in groups if g.pending), key=lambda g: -g.config.steps)
   seeds_of = {(g.task, g.method): g.seeds for g in to_run}
   wall_start = time.perf_counter()
-  for result in _results_as_completed(to_run, workdir, train_fn, config.num_workers):
+  for result in _results_as_completed(to_run, workdir, train_fn, environments):
     results.append(result)
     done += len(result.seeds)
     trained_runs += len(result.seeds)

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,7 +57,8 @@ class Grid:
     tasks: task names, in table order.
     methods: method names, in table order.
     seeds: seeds of every (task, method).
-    hardware: one line describing the machine that trained (see :func:`hardware_description`).
+    hardware: one line describing the machine that trained
+      (:meth:`attnlab.sweep.workers.Machine.describe`).
     eval_mode: how accuracies were measured (e.g. "greedy decoding, argmax attention").
     skip: ``"task/method"`` pairs of the tasks × methods product that the sweep does not run.
   """
@@ -100,19 +100,6 @@ class Grid:
       hardware=raw.get("hardware", ""),
       eval_mode=raw.get("eval_mode", "greedy decoding"),
     )
-
-
-def hardware_description() -> str:
-  """One line naming the machine JAX runs on: CPU, core count, backend, devices, versions."""
-  import jax  # Deferred: reading results must not need a JAX backend.
-
-  devices = jax.devices()
-  cpu = platform.processor() or platform.machine()
-  count = f"{len(devices)} device{'s' if len(devices) > 1 else ''}"
-  return (
-    f"{cpu}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()} "
-    f"({count}: {devices[0].device_kind}), Python {platform.python_version()}"
-  )
 
 
 def write_grid(workdir: str, grid: Grid) -> str:

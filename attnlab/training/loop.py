@@ -320,6 +320,7 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
     return np.asarray([h["stopped_at"] is None for h in histories])
 
   active = active_seeds()
+  active_flags = sharding.put(active, layout.state)  # Uploaded again only when it changes.
   eval_steps = set(train_cfg.eval_steps())
   schedule = step_lib.learning_rate_schedule(run.optimizer, train_cfg.steps)
   progress = Progress(train_cfg.steps, start, name=f"{task.name}/{run.attention.value}")
@@ -328,11 +329,13 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   first_call = True
   done = start
   clock = time.perf_counter()
+  batch = batch_at(start)
   for step in range(start, train_cfg.steps):
     if not active.any():
       break  # Every seed has converged.
-    active_flags = sharding.put(active, layout.state)
-    state = compiled.step(state, batch_at(step), base_keys, nan_at_step, active_flags)
+    state = compiled.step(state, batch, base_keys, nan_at_step, active_flags)
+    # Dispatch is asynchronous: the next batch is built on the host while this step runs.
+    batch = batch_at(step + 1) if step + 1 < train_cfg.steps else None
     done = step + 1
     if first_call:  # Compilation: timed apart from the training rate.
       jax.block_until_ready(state)
@@ -376,7 +379,9 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
       progress.log({k: rows[0][k] for k in shown if rows[0].get(k) is not None})
     elif done % train_cfg.log_every == 0:
       progress.log()
-    active = active_seeds()
+    if not np.array_equal(active_seeds(), active):  # A seed converged at this evaluation.
+      active = active_seeds()
+      active_flags = sharding.put(active, layout.state)
     if is_save or not active.any():
       for i, checkpointer in enumerate(checkpointers):  # Collective: every process saves.
         checkpointer.save(done, layout.seed_slice(state, i), histories[i])

@@ -39,8 +39,19 @@ and the run counts as unfinished, so a table never averages over seeds that have
 One writer per directory: :func:`locked` holds an exclusive ``fcntl.flock`` on ``DIR/.lock``
 (which names the holder: pid, host, start time). A second process is refused at once with
 :class:`DirectoryLockedError` naming the holder; the kernel drops the lock when its process dies
-(``kill -9`` included), so a lock left by a killed process never blocks a rerun. (Network
-filesystems may not propagate ``flock`` between hosts; without ``fcntl`` nothing is locked.)
+(``kill -9`` included), so a lock left by a killed process never blocks a rerun.
+
+Filesystems without ``flock`` (it fails with ``ENOLCK``, ``ENOSYS`` or ``EOPNOTSUPP``: NFS
+without a lock daemon, Lustre mounted without ``-o flock``, some FUSE filesystems) and systems
+without ``fcntl`` get a lock *file* instead: ``DIR/.lock.held`` (``<lock>.held``), created with
+``O_CREAT | O_EXCL`` (atomic on local filesystems and NFSv3+), holding the holder's line (pid,
+host, start time). While held, a daemon thread refreshes its modification time every
+:data:`HEARTBEAT_SECONDS`; the file is removed on release. A lock file is *stale*, and the next
+process takes it over, when its holder is a dead process on this host, or when it has not been
+refreshed for :data:`STALE_SECONDS` (a holder on another host that died). So a lock left by a
+``kill -9`` blocks a rerun on the same host not at all, and a rerun on another host for at most
+:data:`STALE_SECONDS` (the refusal says so). A holder stalled for longer than that (stopped,
+swapping) can lose its lock: that is the price of a filesystem without ``flock``.
 
 The config a run directory holds (``config.json``) is compared key by key with the config about
 to use it (:func:`config_differences`): a different one is refused (:func:`check_same_config`,
@@ -60,7 +71,11 @@ import json
 import logging
 import math
 import os
+import re
+import secrets
 import socket
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -89,6 +104,7 @@ PLOTS_DIR = "plots"
 ERROR_FILE = "error.txt"
 SPEEDUP_FILE = "speedup.json"
 LOCK_FILE = ".lock"
+HELD_SUFFIX = ".held"  # The lock file of filesystems without flock: <lock>.held.
 UNREADABLE_CHECKPOINTS_DIR = "checkpoints.unreadable"  # Unreadable checkpoints, set aside.
 SHARDS_DIR = "shards"
 _SEED_PREFIX = "seed_"
@@ -111,6 +127,15 @@ RESULT_NEUTRAL_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints")
 # Validation exact-sequence accuracies whose first crossing the summary reports.
 THRESHOLDS = (0.9, 0.99)
 THRESHOLD_METRIC = "val/seq_accuracy"
+
+# Lock files (filesystems without flock): refreshed every HEARTBEAT_SECONDS while held; stale
+# when not refreshed for STALE_SECONDS.
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 300.0
+# What flock raises where the filesystem does not support it.
+_NO_FLOCK_ERRNOS = frozenset(
+  e for e in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", None)) if e
+)
 
 _log = logging.getLogger(__name__)
 
@@ -233,14 +258,17 @@ def set_aside(run: str) -> str:
 
 
 class _DirLock:
-  """An exclusive ``flock`` on one lock file, naming its holder in the file."""
+  """An exclusive ``flock`` on one lock file, naming its holder in the file; a lock file
+  (``O_EXCL``, heartbeat, stale takeover) where the filesystem has no ``flock``."""
 
   def __init__(self, path: str, directory: str, what: str):
     self.path, self.directory, self.what = path, directory, what
     self._fd: int | None = None
+    self._held: _HeldFile | None = None
 
   def __enter__(self) -> _DirLock:
     if fcntl is None:
+      self._held = _HeldFile(self.path + HELD_SUFFIX, self.directory, self.what).acquire()
       return self
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -248,16 +276,17 @@ class _DirLock:
     except OSError as e:
       holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
       os.close(fd)
+      if e.errno in _NO_FLOCK_ERRNOS:  # This filesystem has no flock: a lock file instead.
+        self._held = _HeldFile(self.path + HELD_SUFFIX, self.directory, self.what).acquire()
+        return self
       if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         raise
       raise DirectoryLockedError(
         f"{self.directory} is in use by {holder} (lock {self.path}): one {self.what} at a "
         "time may write it; wait for that process to finish, or stop it."
       ) from None
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    holder = f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n"
     os.ftruncate(fd, 0)
-    os.pwrite(fd, holder.encode(), 0)
+    os.pwrite(fd, _holder_line().encode(), 0)
     self._fd = fd
     return self
 
@@ -266,6 +295,127 @@ class _DirLock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)  # The file stays: unlinking it would race.
       os.close(self._fd)
       self._fd = None
+    if self._held is not None:
+      self._held.release()
+      self._held = None
+
+
+def _holder_line() -> str:
+  started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+  return f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n"
+
+
+_HOLDER = re.compile(r"^pid (\d+) on (\S+), started")
+
+
+def _process_is_alive(pid: int) -> bool:
+  """Whether process ``pid`` of this host exists (signal 0 probes without signalling)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    return True
+  return True
+
+
+class _HeldFile:
+  """The lock of a filesystem without ``flock``: an ``O_EXCL`` file, refreshed while held.
+
+  See the module docstring for the protocol (heartbeat, stale takeover).
+  """
+
+  def __init__(self, path: str, directory: str, what: str):
+    self.path, self.directory, self.what = path, directory, what
+    # The holder line, then a token that tells this holder's file from a successor's.
+    self.content = f"{_holder_line()}token {secrets.token_hex(8)}\n"
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def acquire(self) -> _HeldFile:
+    for _ in range(3):  # Each retry follows the removal of a stale file.
+      try:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        found = _read_text(self.path)
+        if found is None:  # Released meanwhile: try again.
+          continue
+        why_stale = self._stale(found)
+        if why_stale is None:
+          raise self._locked_error(found) from None
+        _log.warning("taking over the stale lock %s (%s): %s", self.path, why_stale, found)
+        self._remove_stale(found)
+        continue
+      try:
+        os.write(fd, self.content.encode())
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+      self._thread = threading.Thread(
+        target=self._refresh, name=f"lock-heartbeat {self.path}", daemon=True
+      )
+      self._thread.start()
+      return self
+    raise self._locked_error(_read_text(self.path) or "another process")
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if _read_text(self.path) == self.content:  # Never remove a successor's file.
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(self.path)
+
+  def _refresh(self) -> None:
+    while not self._stop.wait(HEARTBEAT_SECONDS):
+      with contextlib.suppress(OSError):
+        os.utime(self.path)
+
+  def _stale(self, found: str) -> str | None:
+    """Why the lock file holding ``found`` is stale, or None if its holder may be alive."""
+    match = _HOLDER.match(found)
+    if match and match.group(2) == socket.gethostname() and os.name == "posix":
+      pid = int(match.group(1))
+      if not _process_is_alive(pid):
+        return f"its holder, pid {pid} on this host, is dead"
+    try:
+      age = time.time() - os.stat(self.path).st_mtime
+    except FileNotFoundError:
+      return "it is gone"
+    if age > STALE_SECONDS:
+      return f"not refreshed for {age:.0f} s > {STALE_SECONDS:.0f} s"
+    return None
+
+  def _remove_stale(self, found: str) -> None:
+    """Moves the stale file aside, unless it is no longer the one judged stale."""
+    aside = f"{self.path}.stale.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:  # Another process removed it first.
+      return
+    if _read_text(aside) != found:  # A new holder's file: put it back, then refuse.
+      with contextlib.suppress(OSError):
+        os.link(aside, self.path)
+      os.unlink(aside)
+      raise self._locked_error(_read_text(self.path) or "another process")
+    os.unlink(aside)
+
+  def _locked_error(self, found: str) -> DirectoryLockedError:
+    holder = found.splitlines()[0].strip() if found.strip() else "another process"
+    return DirectoryLockedError(
+      f"{self.directory} is in use by {holder} (lock file {self.path}: flock is unavailable "
+      f"here): one {self.what} at a time may write it; wait for that process to finish, or "
+      f"stop it. A lock file whose holder died is taken over once it is {STALE_SECONDS:.0f} s "
+      "old (at once on the holder's host)."
+    )
+
+
+def _read_text(path: str) -> str | None:
+  try:
+    with open(path) as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
 
 
 @contextlib.contextmanager

@@ -406,7 +406,8 @@ class CompiledRun:
     layout: the mesh and shardings the functions are compiled for.
     init: ``(base_key, example) -> TrainState`` of one seed (see :func:`init_states`).
     step: ``(states, batch, base_keys, nan_at_step, active) -> states``: one update of every
-      seed whose ``active`` flag is set.
+      seed whose ``active`` flag is set. ``states`` is donated (its arrays are deleted): pass
+      a copy to keep them.
     reset_metrics: ``states -> states`` with zeroed metric sums and count (after a row).
     evaluate: ``(params, eval_batch, keys) -> metrics`` of every seed on the validation set
       (during training: it decides convergence).
@@ -524,10 +525,13 @@ def _compile(
     # deadlocks (0% CPU, never returns) for 2+ seeds at the default sizes, while the
     # vmapped apply and train step run fine. It runs once per seed.
     init=_FastCompiled(program.init_state, out_shardings=replicated),
+    # The states are donated: the step updates their buffers in place (the caller's
+    # previous states are consumed; the loop never reads them again).
     step=jax.jit(
       jax.vmap(program.train_step, in_axes=(0, 0, 0, None, 0)),
       in_shardings=(per_seed, layout.batch, per_seed, replicated, per_seed),
       out_shardings=per_seed,
+      donate_argnums=0,
     ),
     reset_metrics=jax.jit(_reset_metrics, in_shardings=per_seed, out_shardings=per_seed),
     # Every eval_every steps: exact match by teacher forcing (Program.evaluate: the same
