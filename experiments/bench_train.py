@@ -12,6 +12,11 @@ and cosine schedule, clipping), objective and NaN guard, for ``--num_seeds`` see
   ``--steps_per_block`` steps, each ending in ``block_until_ready``, on pre-sampled device
   batches (host sampling is not timed). Blocks of all cases of one length are interleaved,
   so load drifts hit every case alike.
+* host ms/step: the loop's own work per step beside the step, timed apart: sampling the
+  step's batch on the host (``step.host_train_batch``) and placing it on the devices
+  (``sharding.put``), median over ``--blocks`` x ``--steps_per_block`` batches. The loop
+  builds step t+1's batch while step t runs (dispatch is asynchronous), so on an
+  accelerator it overlaps the step; on a CPU the two share the cores.
 
 Ratios: hard / soft step time (same family and length; the target is <= 1) and compile time
 at the longest over the shortest L (the scan-based RNN must stay within 1.5x).
@@ -46,7 +51,7 @@ import ml_collections
 from absl import app, flags
 
 from attnlab.training import config as config_lib
-from attnlab.training import overrides, step
+from attnlab.training import overrides, sharding, step
 from configs import default as default_config
 
 # Longest / shortest compile time allowed for the scan-based RNN.
@@ -73,6 +78,12 @@ CASES = {
   "rnn_soft": Case("rnn", {"model.attention": "soft"}),
   # REINFORCE with one sample and no baseline.
   "rnn_hard": Case("rnn", _HARD, reference="rnn_soft"),
+  # REINFORCE with K = 4 samples and the leave-one-out baseline (the comparison's RLOO-4).
+  "rnn_hard_rloo4": Case(
+    "rnn",
+    {**_HARD, "estimator.baseline": "rloo", "estimator.num_samples": 4},
+    reference="rnn_soft",
+  ),
   # The exact (enumerated) gradient of the hard-attention bound.
   "rnn_hard_enum": Case("rnn", {**_HARD, "estimator.gradient": "enumerate"}, reference="rnn_soft"),
   "transformer_soft": Case("transformer", {"model.attention": "soft"}),
@@ -264,14 +275,34 @@ def bench_length(
       timer.timed_block(settings.steps_per_block)
   for row, timer in zip(rows, timers, strict=True):
     median_ms = statistics.median(timer.block_ms)
+    host_ms = host_batch_ms(timer.benches[0], settings.blocks * settings.steps_per_block)
     row.update(
       ms_per_step=median_ms,
       ms_per_step_min=min(timer.block_ms),
       steps_per_s=1e3 / median_ms,
+      host_ms_per_step=host_ms,
       finite=timer.finite(),
     )
-    log(f"  L={length} {row['case']}: {median_ms:.2f} ms/step ({row['steps_per_s']:.1f} steps/s)")
+    log(
+      f"  L={length} {row['case']}: {median_ms:.2f} ms/step ({row['steps_per_s']:.1f} steps/s);"
+      f" host batch {host_ms:.2f} ms/step"
+    )
   return rows
+
+
+def host_batch_ms(bench: Bench, count: int) -> float:
+  """Median ms to sample one training batch on the host and place it as the loop does."""
+  seeds = list(range(bench.keys.shape[0]))
+  layout, task = bench.compiled.layout, bench.run.task
+  times = []
+  for i in range(count):
+    start = time.perf_counter()
+    batch = sharding.put(
+      step.host_train_batch(task, bench.run.train.batch_size, seeds, i), layout.batch
+    )
+    jax.block_until_ready(batch)
+    times.append(1e3 * (time.perf_counter() - start))
+  return statistics.median(times)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -481,14 +512,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     f"steps after {report['warmup']} warm-up steps; ms/step = median over blocks (min in "
     "brackets).",
     "",
-    "| case | L | objective | lower s | XLA compile s | ms/step | steps/s | ÷ soft |",
-    "|---|---|---|---|---|---|---|---|",
+    "| case | L | objective | lower s | XLA compile s | ms/step | steps/s | ÷ soft "
+    "| host ms/step |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in report["rows"]:
     lines.append(
       f"| {r['case']} | {r['length']} | {r['objective']} | {_fmt(r['lower_s'])} | "
       f"{_fmt(r['compile_s'])} | {_fmt(r['ms_per_step'])} ({_fmt(r['ms_per_step_min'])}) | "
-      f"{_fmt(r['steps_per_s'], 1)} | {_fmt(r['hard_over_soft'])} |"
+      f"{_fmt(r['steps_per_s'], 1)} | {_fmt(r['hard_over_soft'])} | "
+      f"{_fmt(r['host_ms_per_step'])} |"
     )
   if report["compile_ratios"]:
     limit = report["compile_ratio_limit"]

@@ -51,7 +51,15 @@ def test_the_benchmarked_step_is_the_trainers_step():
 def test_run_benchmark_returns_finite_rows_and_markdown():
   report = bench_train.run_benchmark(["rnn_soft"], [3], _TOY, log=lambda s: None)
   (row,) = report["rows"]
-  for key in ("lower_s", "compile_s", "ms_per_step", "ms_per_step_min", "steps_per_s"):
+  keys = (
+    "lower_s",
+    "compile_s",
+    "ms_per_step",
+    "ms_per_step_min",
+    "steps_per_s",
+    "host_ms_per_step",
+  )
+  for key in keys:
     assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
   assert row["finite"] and row["hard_over_soft"] is None and row["objective"] == "soft"
   assert len(report["load_average"]) == 3 and report["compile_ratios"] == []
