@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seed of params, attention samples and the training data stream.
 
-  config.task = "copy"  # copy | reverse | sort | recall | addition (attnlab.tasks.TASKS).
+  # copy | reverse | sort | recall | addition | localize (attnlab.tasks.TASKS).
+  config.task = "copy"
   # The task's fields (attnlab.tasks); None keeps the task's default. Setting a field of
   # another task is an error. E.g. --config.task_overrides.train_lengths="(1, 8)".
   config.task_overrides = ml_collections.ConfigDict()
@@ -50,6 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   fields.train_digits = placeholder(tuple)  # addition: digits per operand (1, 3).
   fields.ood_digits = placeholder(tuple)  # addition: OOD digits (4, 5).
   fields.gold_operand = placeholder(str)  # addition: none | first | second (none).
+  fields.grid_width = placeholder(int)  # localize: columns of every grid (5).
+  fields.train_rows = placeholder(tuple)  # localize: grid rows (2, 5).
+  fields.ood_rows = placeholder(tuple)  # localize: OOD rows, taller grids (6, 8).
+  fields.num_classes = placeholder(int)  # localize: object classes (8).
+  fields.train_objects = placeholder(tuple)  # localize: objects per grid (1, 4).
+  fields.ood_objects = placeholder(tuple)  # localize: OOD objects per grid (5, 6).
 
   config.model = ml_collections.ConfigDict()
   config.model.family = "rnn"  # rnn | transformer: which of the two sections below is used.
