@@ -117,6 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 1d (sinusoids of the position) | 2d (grid tasks, localize: sinusoids of the row in half
   # the width, of the column in the other half).
   config.model.transformer.position_embedding = "1d"
+  # Add an embedding of the source length (a count, no symbol) to the decoder's inputs.
+  config.model.transformer.length_embedding = False
 
   # Hard attention's gradient. The other settings apply only to the objectives that use
   # them (attnlab.training.config) and must keep their neutral values (none, 1, per_step,

@@ -317,3 +317,49 @@ def test_2d_positions_encode_row_and_column_of_the_task_grid():
   assert not np.allclose(positions_BxSxD[0, width], positions_BxSxD[0, 0])
   with pytest.raises(ValueError, match="grid_width >= 1"):
     TransformerConfig(vocab_size=5, position_embedding="2d")
+
+
+def test_local_values_and_length_embedding_decode_as_they_train():
+  # The paths the comparison's Transformer adds (separate value inputs, the source length in
+  # the decoder's inputs): cached greedy decoding equals the full recompute, and teacher
+  # forcing on the greedy output predicts that output, with hard (argmax) cross-attention.
+  config = dataclasses.replace(SMALL, attention="hard", value_source="local", length_embedding=True)
+  model = build_model(config)
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  assert "length_projection" in variables["params"]["decoder"]
+
+  @jax.jit
+  def run(variables):
+    greedy = {
+      cache: model.apply(
+        variables,
+        INPUTS,
+        LENGTHS,
+        max_len=6,
+        mode=EvalMode.ARGMAX,
+        cache=cache,
+        method="greedy",
+        mutable=["cache"],
+      )[0]  # fmt: skip
+      for cache in (True, False)
+    }
+    tokens = greedy[True][0]
+    forced = model.apply(
+      variables,
+      INPUTS,
+      LENGTHS,
+      jnp.concatenate([DEC_INPUTS[:, :1], tokens[:, :-1]], axis=1),
+      attention_override=EvalMode.ARGMAX,
+    )
+    return greedy, forced
+
+  greedy, forced = run(variables)
+  np.testing.assert_array_equal(greedy[True][0], greedy[False][0])
+  np.testing.assert_allclose(greedy[True][1], greedy[False][1], atol=1e-5)
+  np.testing.assert_array_equal(jnp.argmax(forced.logits, -1), greedy[True][0])
+  # The length reaches the decoder's inputs: without its projection the logits differ.
+  no_length = jax.tree_util.tree_map_with_path(
+    lambda path, x: x * 0 if "length_projection" in jax.tree_util.keystr(path) else x, variables
+  )
+  apply = lambda v: model.apply(v, INPUTS, LENGTHS, DEC_INPUTS, attention_override="argmax")
+  assert not np.allclose(apply(variables).logits[:, 0], apply(no_length).logits[:, 0])

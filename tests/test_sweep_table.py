@@ -162,6 +162,29 @@ def test_lenient_alignment_shown_when_it_differs(tmp_path):
   assert "| 90.0 / 95.0 |" in md
 
 
+def test_multi_head_columns_only_when_a_run_has_them(tmp_path):
+  grid = table.Grid(("copy",), ("rnn", "transformer"), (0, 1))
+  heads = {
+    "val/alignment_accuracy_best_head": 0.98,
+    "val/alignment_accuracy_head_mean": 0.5,
+    "val/alignment_accuracy_any_head": 1.0,
+    "val/attention_entropy_per_head": 1.25,
+    "val/attention_entropy_best_head": 0.5,
+  }
+  for seed in (0, 1):
+    _write_run(tmp_path, "copy", "rnn", seed, _summary(1.0))
+    extra = {**heads, "val/alignment_accuracy_head_mean": 0.5 + 0.1 * seed}
+    _write_run(tmp_path, "copy", "transformer", seed, _summary(1.0, **extra))
+  md = table.format_table(table.collect_results(str(tmp_path), grid), grid)
+  assert "| align best / mean / any head % | head entropy (best) |" in md
+  assert "| 98.0 / 55.0 / 100.0 | 1.25 (0.50) |" in md  # means over seeds
+  rnn_row = next(line for line in md.splitlines() if line.startswith("| copy | rnn |"))
+  assert "| — | — |" in rnn_row
+  only_rnn = table.Grid(("copy",), ("rnn",), (0, 1))
+  md = table.format_table(table.collect_results(str(tmp_path), only_rnn), only_rnn)
+  assert "head %" not in md and "Multi-head" not in md
+
+
 def test_discover_grid_without_grid_json(sweep):
   workdir, _ = sweep
   os.remove(workdir / rundir.GRID_FILE)

@@ -252,3 +252,24 @@ def test_2d_positions_take_the_grid_of_the_task(family):
   config.model[family].grid_width = 5
   with pytest.raises(config_lib.ConfigError, match="grid_width is not a"):
     config_lib.parse_config(config)
+
+
+def test_transformer_preset_is_the_honest_transformer_on_every_task():
+  compare = compare_config.get_config("transformer")
+  assert compare.tasks == (*compare_config.TASKS, "localize")
+  for task in compare.tasks:
+    for name in compare.method_names:
+      run = config_lib.parse_config(plan.run_config(compare, task, name))
+      model = run.model
+      assert isinstance(model, modules.TransformerConfig), (task, name)
+      # Position-local values: only cross-attention carries the source's symbols.
+      assert model.value_source is modules.ValueSource.LOCAL and model.length_embedding
+      grid = task == "localize"
+      assert (model.position_embedding is modules.PositionEmbedding.TWO_D) == grid
+  hard = config_lib.parse_config(plan.run_config(compare, "copy", "transformer_reinforce_rloo4"))
+  assert hard.objective.objective is Objective.REINFORCE and hard.objective.num_samples == 4
+  assert hard.objective.credit is estimators.CreditAssignment.REWARD_TO_GO
+  assert hard.objective.entropy_coef > 0 and hard.eval_mode is modules.EvalMode.ARGMAX
+  # The RNN presets never train the Transformer rows.
+  full = compare_config.get_config("full")
+  assert not set(full.method_names) & set(compare_config.TRANSFORMER_METHODS)

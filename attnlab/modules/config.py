@@ -177,6 +177,10 @@ class TransformerConfig:
       flattened position; ``"2d"`` sinusoids of the row in the first half of the width and of
       the column in the second (:func:`attnlab.tasks.grid_coordinates`).
     grid_width: columns of the task's grid (derived from the task; 0 for sequences).
+    length_embedding: add a learned projection of the sinusoids of the source length (a
+      count, no symbol) to every decoder input, as ``RNNConfig.init_decoder_from_length``
+      does: with position-local values the decoder can then know where the target ends
+      without reading it off an attended value.
     bos_id: first decoder input of greedy decoding.
     eos_id: end-of-sequence token.
   """
@@ -197,6 +201,7 @@ class TransformerConfig:
   value_source: ValueSource | str = ValueSource.CONTEXTUAL
   position_embedding: PositionEmbedding | str = PositionEmbedding.ONE_D
   grid_width: int = 0
+  length_embedding: bool = False
   bos_id: int = BOS
   eos_id: int = EOS
 

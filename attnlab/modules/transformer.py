@@ -219,6 +219,8 @@ class TransformerDecoder(nn.Module):
     self.norm = nn.LayerNorm()
     self.output = nn.Dense(c.vocab_size)
     self.dropout = nn.Dropout(c.dropout_rate)
+    if c.length_embedding:
+      self.length_projection = nn.Dense(c.model_dim, use_bias=False)
 
   def __call__(
     self, decoder_inputs_BxT, memory_BxSxD, source_mask_BxS, override, key=None, *,
@@ -230,10 +232,16 @@ class TransformerDecoder(nn.Module):
     Layer ``i`` draws its random choices from ``fold_in(key, i)`` (``key`` may be ``None``
     for deterministic selections). ``decode``: use and update the self-attention caches;
     ``position`` is then the position of ``decoder_inputs_BxT`` (``[B, 1]``) in the target.
-    ``values_BxSxD``: the cross-attention's value inputs, if not ``memory_BxSxD``.
+    ``values_BxSxD``: the cross-attention's value inputs, if not ``memory_BxSxD``. With
+    ``config.length_embedding`` every input also gets a projection of the sinusoids of the
+    source length (the count of unmasked positions: no symbol).
     """
     deterministic = _deterministic(self, deterministic)
     y_BxTxD = self.embed(decoder_inputs_BxT, position)
+    if self.config.length_embedding:
+      lengths_B = jnp.sum(source_mask_BxS, axis=1)
+      length_BxD = self.length_projection(sinusoidal_encoding(lengths_B, self.config.model_dim))
+      y_BxTxD = y_BxTxD + length_BxD[:, None, :]
     y_BxTxD = self.dropout(y_BxTxD, deterministic=deterministic)
     auxes = []
     for i, layer in enumerate(self.layers):

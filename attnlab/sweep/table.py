@@ -283,8 +283,32 @@ def _align(runs: Sequence[Mapping]) -> str:
   return strict
 
 
-def table_columns(probes: Sequence[str]) -> list[str]:
-  """Header of table.md for the given probe keys."""
+# Multi-head cross-attention (attnlab.metrics.multi_head_alignment): columns shown when a
+# row has them (Transformer runs).
+_HEAD_ALIGN_KEYS = (
+  "val/alignment_accuracy_best_head",
+  "val/alignment_accuracy_head_mean",
+  "val/alignment_accuracy_any_head",
+)
+_HEAD_ENTROPY_KEYS = ("val/attention_entropy_per_head", "val/attention_entropy_best_head")
+HEAD_COLUMNS = ("align best / mean / any head %", "head entropy (best)")
+
+
+def has_head_metrics(rows: Sequence[Mapping]) -> bool:
+  """Whether any run reports the multi-head alignment metrics."""
+  return any(_HEAD_ALIGN_KEYS[0] in row for row in rows)
+
+
+def _head_cells(runs: Sequence[Mapping]) -> list[str]:
+  if not _values(runs, _HEAD_ALIGN_KEYS[0]).size:
+    return ["—", "—"]
+  align = " / ".join(_mean(runs, k, 100.0) for k in _HEAD_ALIGN_KEYS)
+  per_head, best = (_mean(runs, k, digits=2) for k in _HEAD_ENTROPY_KEYS)
+  return [align, f"{per_head} ({best})"]
+
+
+def table_columns(probes: Sequence[str], multi_head: bool = False) -> list[str]:
+  """Header of table.md for the given probe keys (and multi-head columns)."""
   return [
     "task",
     "method",
@@ -299,6 +323,7 @@ def table_columns(probes: Sequence[str]) -> list[str]:
     "OOD seq acc %",
     "align acc %",
     "attn entropy",
+    *(HEAD_COLUMNS if multi_head else ()),
     "KL(q‖p)",
     *(f"grad var @{rundir.probe_step(p)}" for p in probes),
     "ms/step",
@@ -317,7 +342,17 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     the table, and a list of failed or unfinished groups.
   """
   probes = probe_keys(rows)
-  columns = table_columns(probes)
+  multi_head = has_head_metrics(rows)
+  columns = table_columns(probes, multi_head)
+  head_note = [
+    "- Multi-head models (the Transformer: layers × heads of cross-attention): `align acc %`"
+    " is the argmax of the last layer's head-averaged weights; `align best / mean / any"
+    " head %` the alignment accuracy of the best (layer, head) on the validation set (chosen"
+    " there: optimistic), of the weights averaged over every layer and head, and the share"
+    " of steps on which some head's argmax is the gold position (for hard attention: the"
+    " gold symbol was read); `head entropy (best)`: each head's mean entropy in nats,"
+    " averaged over heads (the best head's)."
+  ]
   lines = [
     "# Soft vs hard attention: comparison",
     "",
@@ -339,6 +374,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     "- `KL(q‖p)`: for variational attention, the KL from the inference network's posterior"
     " to the attention (the prior) per target token, averaged over the last training"
     " steps (`—`: no posterior).",
+    *(head_note if multi_head else []),
     "- `grad var @k`: gradient variance of the estimator at step k on a fixed probe batch"
     " (geometric mean over seeds); `ms/step`: training wall time per step of the vmapped"
     " seeds (all seeds of a row train together).",
@@ -384,6 +420,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
         _mean_std(done, "ood/seq_accuracy", 100.0),
         _align(done),
         _mean(done, "val/attention_entropy", digits=2),
+        *(_head_cells(done) if multi_head else []),
         _mean(done, "train/kl", digits=2) if _values(done, "train/kl").size else "—",
         *[_geo_mean(done, p) for p in probes],
         _mean(done, "ms_per_step"),
