@@ -23,6 +23,8 @@ how many and where their tracebacks are), 2 for bad input (one ``error:`` line, 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -85,7 +87,8 @@ def main(argv):
     )  # fmt: skip
     rundir.write_json(os.path.join(workdir, rundir.SPEEDUP_FILE), result)
     return
-  report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard)
+  command = shlex.join(["python", "-m", "experiments.compare", *sys.argv[1:]])
+  report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard, command=command)
   if report.failed:
     cli.fail(report.failure_line(workdir), cli.RUN_ERROR)
 
