@@ -68,6 +68,22 @@ _SPEEDUP_METHOD = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _shell_word(arg: str) -> str:
+  """``arg`` as a shell word, as one would type it: ``--flag="(1, 2)"`` rather than shlex's
+  ``'--flag=(1, 2)'`` (shlex quoting where double quotes would not do)."""
+  if shlex.quote(arg) == arg:
+    return arg
+  flag, equals, value = arg.partition("=")
+  if (
+    equals
+    and flag.startswith("--")
+    and shlex.quote(flag) == flag
+    and not set('"$`\\!') & set(value)
+  ):
+    return f'{flag}="{value}"'
+  return shlex.quote(arg)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -87,7 +103,7 @@ def main(argv):
     )  # fmt: skip
     rundir.write_json(os.path.join(workdir, rundir.SPEEDUP_FILE), result)
     return
-  command = shlex.join(["python", "-m", "experiments.compare", *sys.argv[1:]])
+  command = " ".join(["python", "-m", "experiments.compare", *map(_shell_word, sys.argv[1:])])
   report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard, command=command)
   if report.failed:
     cli.fail(report.failure_line(workdir), cli.RUN_ERROR)

@@ -805,8 +805,10 @@ def _interpretability(by_task) -> tuple[str, list[str]]:
     return _UNMEASURED, lines
   lines.append(
     f"- Hard attention's distribution was sharper (lower entropy) than soft's in {sharper} of"
-    f" {pairs} pairs, and aligned at least as well in {aligned} of {pairs}. Where soft"
-    " attention aligns as well, its argmax is as clear a focus point as hard attention's."
+    f" {pairs} pairs, and aligned at least as well in {aligned} of {pairs} (an entropy bonus"
+    " in training, where a method has one, keeps its entropy up; hard attention decodes by"
+    " the argmax). Where soft attention aligns as well, its argmax is as clear a focus point"
+    " as hard attention's."
   )
   verdict = _HOLDS if sharper == aligned == pairs else (_PARTLY if sharper or aligned else _FAILS)
   return verdict, lines
@@ -924,7 +926,7 @@ def read_bench_cost(workdir: str) -> tuple[dict | None, str]:
   for path in (os.path.join(workdir, rundir.BENCH_COST_FILE), REPO_BENCH_COST):
     report = rundir.read_json(path)
     if report is not None and "rows" in report and "settings" in report:
-      return report, path
+      return report, os.path.relpath(path)
   return None, ""
 
 
