@@ -195,7 +195,11 @@ def test_train_fn_that_finishes_no_run_is_a_failure(tmp_path):
   "field, value, message",
   [
     ("method_names", ("soft_additive", "sotf"), r"unknown name\(s\) \['sotf'\] in config"),
-    ("tasks", ("copy", "rev"), r"valid: \['addition', 'copy', 'recall', 'reverse', 'sort'\]"),
+    (
+      "tasks",
+      ("copy", "rev"),
+      r"valid: \['addition', 'copy', 'localize', 'recall', 'reverse', 'sort'\]",
+    ),
     ("seeds", (0, 0), "repeats a seed"),
     ("seeds", (), "non-empty"),
     ("method_names", ("soft_additive", "soft_additive"), "more than once"),
