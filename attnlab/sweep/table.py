@@ -630,10 +630,14 @@ def _rows_by_task(rows: Sequence[Mapping], grid: Grid) -> dict[str, list[_Row]]:
   return by_task
 
 
-def _pair(rows: list[_Row]) -> tuple[_Row | None, list[_Row]]:
-  """The task's soft reference (the first softmax row) and its REINFORCE rows."""
-  soft = next((r for r in rows if r.kind == "soft"), None)
-  return soft, [r for r in rows if r.kind == "rl"]
+def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
+  """``(task, soft, hard rows)`` of every task with a soft reference (its first softmax row)
+  and REINFORCE rows."""
+  for task, rows in by_task.items():
+    soft = next((r for r in rows if r.kind == "soft"), None)
+    hard = [r for r in rows if r.kind == "rl"]
+    if soft is not None and hard:
+      yield task, soft, hard
 
 
 def _f(x: float | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -642,10 +646,7 @@ def _f(x: float | None, digits: int = 1, scale: float = 1.0) -> str:
 
 def _mechanism(by_task) -> tuple[str, list[str]]:
   lines = []
-  for task, rows in by_task.items():
-    soft, rl = _pair(rows)
-    if soft is None or not rl:
-      continue
+  for task, soft, rl in _soft_and_hard(by_task):
     hard = rl[0]
     lines.append(
       f"- {task}: soft {soft.name()} puts weight on {_f(soft.mean('val/support_size'))}"
@@ -674,10 +675,7 @@ def _compare_training(soft: _Row, hard: _Row) -> int:
 def _training(by_task, probes: Sequence[str]) -> tuple[str, list[str]]:
   lines, outcomes = [], []
   probe = probes[0] if probes else None
-  for task, rows in by_task.items():
-    soft, rl = _pair(rows)
-    if soft is None or not rl:
-      continue
+  for task, soft, rl in _soft_and_hard(by_task):
     parts = []
     for hard in rl:
       outcomes.append(_compare_training(soft, hard))
@@ -743,10 +741,7 @@ def _cost(by_task, cost: Mapping | None, cost_source: str) -> tuple[str, list[st
     lines.append(
       f"- Inference: no bench_cost.json found (run `{_BENCH_COST_COMMAND}`); not measured."
     )
-  for task, rows in by_task.items():
-    soft, rl = _pair(rows)
-    if soft is None or not rl:
-      continue
+  for task, soft, rl in _soft_and_hard(by_task):
     parts = []
     for hard in rl:
       ratio = (hard.mean("ms_per_step") or 0) / (soft.mean("ms_per_step") or float("nan"))
@@ -774,10 +769,7 @@ def _cost(by_task, cost: Mapping | None, cost_source: str) -> tuple[str, list[st
 
 def _interpretability(by_task) -> tuple[str, list[str]]:
   lines, sharper, aligned, pairs = [], 0, 0, 0
-  for task, rows in by_task.items():
-    soft, rl = _pair(rows)
-    if soft is None or not rl:
-      continue
+  for task, soft, rl in _soft_and_hard(by_task):
     soft_align, soft_entropy = soft.mean(soft.align_key()), soft.mean(soft.entropy_key())
     if soft_align is None:
       continue
@@ -816,10 +808,7 @@ def _interpretability(by_task) -> tuple[str, list[str]]:
 
 def _use_cases(by_task) -> tuple[str, list[str]]:
   gaps = {}
-  for task, rows in by_task.items():
-    soft, rl = _pair(rows)
-    if soft is None or not rl:
-      continue
+  for task, soft, rl in _soft_and_hard(by_task):
     best = max(rl, key=lambda r: r.mean("test/seq_accuracy") or 0)
     gaps[task] = (
       best,
