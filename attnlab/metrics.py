@@ -28,7 +28,10 @@ __all__ = [
   "alignment_accuracy",
   "attention_entropy",
   "attention_mass_on_gold",
+  "head_alignment_accuracy",
+  "head_attention_entropy",
   "lenient_alignment_accuracy",
+  "multi_head_alignment",
   "negative_log_likelihood",
   "sequence_accuracy",
   "support_size",
@@ -278,3 +281,97 @@ def support_size(
   if isinstance(threshold, (int, float)) and threshold < 0:
     raise ValueError(f"threshold must be >= 0, got {threshold}.")
   return _average(jnp.sum(weights_BxTxS > threshold, axis=-1), mask_BxT)
+
+
+# ---- Multi-head, multi-layer cross-attention ---------------------------------------------
+#
+# A Transformer decoder has L cross-attention layers of H heads, each with its own
+# distribution over source positions per target step: ``head_weights [B, L, H, T, S]``
+# (``AttentionRecord.head_weights``). One head may track the gold alignment while the others
+# read the length, the previous object or nothing useful, so a single number needs a rule:
+#
+# * best head: the alignment accuracy of the (layer, head) that aligns best on the batch
+#   (chosen on the same batch, so an optimistic estimate for one head; with H·L heads at
+#   chance level c it is at least c);
+# * head mean: the alignment accuracy of the weights averaged over every layer and head (the
+#   consensus; soft heads that split one position's mass still point at it);
+# * any head: the fraction of steps on which some head's argmax is the gold position; for hard
+#   attention, the steps where the gold symbol reached the output through a chosen position;
+# * entropy per head: each head's mean entropy; the mean over heads and the best head's.
+
+
+def _check_heads(head_weights_BxLxHxTxS: chex.Array, alignment_BxT: chex.Array) -> None:
+  chex.assert_rank(head_weights_BxLxHxTxS, 5)
+  chex.assert_rank(alignment_BxT, 2)
+  chex.assert_equal_shape_prefix([head_weights_BxLxHxTxS, alignment_BxT], 1)
+  chex.assert_equal(head_weights_BxLxHxTxS.shape[3], alignment_BxT.shape[1])
+
+
+def head_alignment_accuracy(
+  head_weights_BxLxHxTxS: chex.Array, alignment_BxT: chex.Array
+) -> Average:
+  """:func:`alignment_accuracy` of every layer and head.
+
+  Args:
+    head_weights_BxLxHxTxS: attention weights of ``L`` layers of ``H`` heads per step.
+    alignment_BxT: int gold source position, -1 where not counted.
+
+  Returns:
+    :class:`Average` whose ``total`` and ``count`` are ``[L, H]``.
+  """
+  _check_heads(head_weights_BxLxHxTxS, alignment_BxT)
+  per_head = jax.vmap(jax.vmap(alignment_accuracy, (1, None)), (1, None))
+  return per_head(head_weights_BxLxHxTxS, alignment_BxT)
+
+
+def head_attention_entropy(head_weights_BxLxHxTxS: chex.Array, mask_BxT: chex.Array) -> Average:
+  """:func:`attention_entropy` of every layer and head: ``total``/``count`` ``[L, H]``."""
+  chex.assert_rank([head_weights_BxLxHxTxS, mask_BxT], [5, 2])
+  per_head = jax.vmap(jax.vmap(attention_entropy, (1, None)), (1, None))
+  return per_head(head_weights_BxLxHxTxS, mask_BxT)
+
+
+def multi_head_alignment(
+  head_weights_BxLxHxTxS: chex.Array, alignment_BxT: chex.Array, mask_BxT: chex.Array
+) -> dict[str, Average]:
+  """Alignment and entropy of a multi-head, multi-layer cross-attention (see above).
+
+  Args:
+    head_weights_BxLxHxTxS: attention weights of ``L`` layers of ``H`` heads per step.
+    alignment_BxT: int gold source position, -1 where not counted.
+    mask_BxT: bool, ``True`` at counted (unpadded) target steps, for the entropies.
+
+  Returns:
+    Scalar :class:`Average` values: ``alignment_accuracy_best_head`` (the layer and head of
+    highest accuracy on this batch; ties to the first), ``alignment_accuracy_head_mean``
+    (argmax of the weights averaged over layers and heads), ``alignment_accuracy_any_head``
+    (some head's argmax is gold), ``attention_entropy_per_head`` (the mean over heads of each
+    head's mean entropy), ``attention_entropy_best_head`` and ``best_head`` (its index
+    ``layer * H + head``, as ``total`` with ``count`` 1).
+
+  References:
+    Voita et al., "Analyzing Multi-Head Self-Attention: Specialized Heads Do the Heavy
+    Lifting, the Rest Can Be Pruned", ACL 2019 (heads differ; a few align).
+  """
+  _check_heads(head_weights_BxLxHxTxS, alignment_BxT)
+  batch, layers, heads, steps, positions = head_weights_BxLxHxTxS.shape
+  per_head = head_alignment_accuracy(head_weights_BxLxHxTxS, alignment_BxT)
+  entropy = head_attention_entropy(head_weights_BxLxHxTxS, mask_BxT)
+  best = jnp.argmax(per_head.value.reshape(-1))
+  pick = lambda avg: Average(avg.total.reshape(-1)[best], avg.count.reshape(-1)[best])
+  flat_BxKxTxS = head_weights_BxLxHxTxS.reshape((batch, layers * heads, steps, positions))
+  argmax_BxKxT = jnp.argmax(flat_BxKxTxS, axis=-1)
+  attended_BxKxT = jnp.max(flat_BxKxTxS, axis=-1) > 0
+  hit_BxT = jnp.any(attended_BxKxT & (argmax_BxKxT == alignment_BxT[:, None, :]), axis=1)
+  entropies = entropy.value.reshape(-1)
+  one = jnp.ones((), jnp.int32)
+  return {
+    "alignment_accuracy_best_head": pick(per_head),
+    "alignment_accuracy_head_mean": alignment_accuracy(
+      jnp.mean(head_weights_BxLxHxTxS.astype(_F32), axis=(1, 2)), alignment_BxT
+    ),
+    "alignment_accuracy_any_head": _average(hit_BxT, alignment_BxT >= 0),
+    "attention_entropy_per_head": Average(jnp.sum(entropies) / entropies.size, one),
+    "attention_entropy_best_head": Average(entropies[best], one),
+    "best_head": Average(best.astype(_F32), one),
+  }

@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seed of params, attention samples and the training data stream.
 
-  config.task = "copy"  # copy | reverse | sort | recall | addition (attnlab.tasks.TASKS).
+  # copy | reverse | sort | recall | addition | localize (attnlab.tasks.TASKS).
+  config.task = "copy"
   # The task's fields (attnlab.tasks); None keeps the task's default. Setting a field of
   # another task is an error. E.g. --config.task_overrides.train_lengths="(1, 8)".
   config.task_overrides = ml_collections.ConfigDict()
@@ -50,6 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   fields.train_digits = placeholder(tuple)  # addition: digits per operand (1, 3).
   fields.ood_digits = placeholder(tuple)  # addition: OOD digits (4, 5).
   fields.gold_operand = placeholder(str)  # addition: none | first | second (none).
+  fields.grid_width = placeholder(int)  # localize: columns of every grid (5).
+  fields.train_rows = placeholder(tuple)  # localize: grid rows (2, 5).
+  fields.ood_rows = placeholder(tuple)  # localize: OOD rows, taller grids (6, 8).
+  fields.num_classes = placeholder(int)  # localize: object classes (8).
+  fields.train_objects = placeholder(tuple)  # localize: objects per grid (1, 4).
+  fields.ood_objects = placeholder(tuple)  # localize: OOD objects per grid (5, 6).
 
   config.model = ml_collections.ConfigDict()
   config.model.family = "rnn"  # rnn | transformer: which of the two sections below is used.
@@ -82,6 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # decoder can know where the target ends without reading it off an attended value.
   config.model.rnn.init_decoder_from_length = True
   config.model.rnn.max_source_len = 64  # Position embeddings; must cover the OOD lengths.
+  # 1d (one learned embedding per position) | 2d (grid tasks, localize: one per row plus
+  # one per column of the task's grid, whose width comes from the task).
+  config.model.rnn.position_embedding = "1d"
   # Time steps per loop iteration of the encoder/decoder scans; 0 unrolls them fully (the
   # same model; faster steps alone on a CPU, longer compiles: attnlab.modules.RNNConfig).
   config.model.rnn.unroll = 1
@@ -98,6 +108,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Dropout on self-attention weights, embeddings and sub-layer outputs, during training only
   # (evaluation and greedy decoding are deterministic).
   config.model.transformer.dropout_rate = 0.0  # In [0, 1); 0 = off.
+  # Cross-attention values: contextual (the encoder's output, which mixes the whole source:
+  # a hard choice then reads more than its position) | local (the encoder's input at the
+  # position: token embedding + position encoding) | token (the token embedding alone).
+  # Keys always come from the encoder. With local or token a hard model's output depends
+  # on the source's symbols only through the positions its heads chose.
+  config.model.transformer.value_source = "contextual"
+  # 1d (sinusoids of the position) | 2d (grid tasks, localize: sinusoids of the row in half
+  # the width, of the column in the other half).
+  config.model.transformer.position_embedding = "1d"
+  # Add an embedding of the source length (a count, no symbol) to the decoder's inputs.
+  config.model.transformer.length_embedding = False
 
   # Hard attention's gradient. The other settings apply only to the objectives that use
   # them (attnlab.training.config) and must keep their neutral values (none, 1, per_step,

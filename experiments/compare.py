@@ -23,6 +23,8 @@ how many and where their tracebacks are), 2 for bad input (one ``error:`` line, 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -66,6 +68,22 @@ _SPEEDUP_METHOD = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _shell_word(arg: str) -> str:
+  """``arg`` as a shell word, as one would type it: ``--flag="(1, 2)"`` rather than shlex's
+  ``'--flag=(1, 2)'`` (shlex quoting where double quotes would not do)."""
+  if shlex.quote(arg) == arg:
+    return arg
+  flag, equals, value = arg.partition("=")
+  if (
+    equals
+    and flag.startswith("--")
+    and shlex.quote(flag) == flag
+    and not set('"$`\\!') & set(value)
+  ):
+    return f'{flag}="{value}"'
+  return shlex.quote(arg)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -85,7 +103,8 @@ def main(argv):
     )  # fmt: skip
     rundir.write_json(os.path.join(workdir, rundir.SPEEDUP_FILE), result)
     return
-  report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard)
+  command = " ".join(["python", "-m", "experiments.compare", *map(_shell_word, sys.argv[1:])])
+  report = compare.run_comparison(_CONFIG.value, workdir, log=print, shard=shard, command=command)
   if report.failed:
     cli.fail(report.failure_line(workdir), cli.RUN_ERROR)
 

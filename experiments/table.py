@@ -1,4 +1,5 @@
-"""Rebuilds results.csv, table.md and the plots of a sweep from its run directories (no training).
+"""Rebuilds results.csv, table.md, claims.md and the plots of a sweep from its run directories
+(no training).
 
 python -m experiments.table --workdir=DIR [--noplots]
 """
@@ -26,7 +27,7 @@ def main(argv):
     print(f"warning: {problem}", file=sys.stderr)
   completed = sum(r["status"] == rundir.RunStatus.COMPLETED.value for r in rebuilt.rows)
   print(f"{completed}/{len(rebuilt.rows)} runs completed")
-  for path in (rebuilt.results_csv, rebuilt.table_md, *rebuilt.plots):
+  for path in (rebuilt.results_csv, rebuilt.table_md, rebuilt.claims_md, *rebuilt.plots):
     print(path)
 
 

@@ -221,3 +221,39 @@ def test_lenient_accepts_duplicates_on_sort():
   weights[0, [0, 1, 2, 3], [1, 2, 0, 0]] = 1.0
   _close(J.alignment_accuracy(weights, batch.alignment), total=1, count=3)
   _close(J.lenient_alignment_accuracy(weights, batch.alignment, batch.inputs), total=3, count=3)
+
+
+def test_multi_head_alignment_by_hand():
+  # One example, 2 layers x 2 heads, T = 3 steps (gold 0, 2, then EOS -1), S = 3.
+  one_hot = np.eye(3, dtype=np.float32)
+  uniform = np.full(3, 1 / 3, np.float32)
+  heads = np.stack(
+    [
+      [one_hot[[0, 2, 1]], one_hot[[1, 1, 1]]],  # layer 0: head 0 aligns 2/2, head 1 0/2
+      [one_hot[[1, 0, 0]], np.stack([one_hot[1], one_hot[2], uniform])],  # 0/2 and 1/2
+    ]
+  )[None]  # [1, 2, 2, 3, 3]
+  alignment = np.array([[0, 2, -1]], np.int32)
+  mask = np.array([[True, True, True]])
+  per_head = J.head_alignment_accuracy(heads, alignment)
+  np.testing.assert_allclose(per_head.value, [[1.0, 0.0], [0.0, 0.5]])
+  np.testing.assert_array_equal(per_head.count, [[2, 2], [2, 2]])
+  out = J.multi_head_alignment(heads, alignment, mask)
+  _close(out["alignment_accuracy_best_head"], total=2, count=2)
+  assert float(out["best_head"].value) == 0.0  # layer 0, head 0
+  # Head mean: step 0 puts 1/4 on the gold 0 and 3/4 on 1 (wrong); step 1 2/4 on the gold 2.
+  _close(out["alignment_accuracy_head_mean"], total=1, count=2)
+  _close(out["alignment_accuracy_any_head"], total=2, count=2)  # head (0, 0) at both steps
+  # Entropies: three one-hot heads 0; the last head has log 3 at one of its three steps.
+  np.testing.assert_allclose(
+    J.head_attention_entropy(heads, mask).value, [[0, 0], [0, np.log(3) / 3]], atol=1e-6
+  )
+  np.testing.assert_allclose(
+    float(out["attention_entropy_per_head"].value), np.log(3) / 3 / 4, rtol=1e-6
+  )
+  assert float(out["attention_entropy_best_head"].value) == 0.0
+  # A head that no step points at the gold with: any-head falls when the hitting head goes.
+  without = J.multi_head_alignment(heads[:, :, 1:], alignment, mask)
+  _close(without["alignment_accuracy_any_head"], total=1, count=2)  # step 1 (layer 1 head 1)
+  _close(without["alignment_accuracy_best_head"], total=1, count=2)
+  assert float(without["best_head"].value) == 1.0  # layer 1 (of 1 head per layer), head 0

@@ -426,3 +426,26 @@ def test_posterior_needs_an_inference_network_and_latent_draws_need_local_states
   with pytest.raises(ValueError, match="feedback 'none' or 'expected'"):
     sampled.apply(sampled.init(KEY, INPUTS, LENGTHS, DEC_INPUTS), INPUTS, LENGTHS, DEC_INPUTS,
                   num_samples=2, rngs={"attention": KEY})  # fmt: skip
+
+
+def test_2d_positions_are_row_plus_column_embeddings_of_the_task_grid():
+  task = tasks.get_task("localize")
+  batch = task.sample(np.random.default_rng([0, 0]), 2, "train")
+  config = dataclasses.replace(
+    SMALL, vocab_size=task.vocab_size, max_source_len=task.max_input_len("ood"),
+    position_embedding="2d", grid_width=task.source_grid_width(), value_source="local",
+  )  # fmt: skip
+  model = build_model(config)
+  variables = model.init(KEY, batch.inputs, batch.input_lengths, batch.targets)
+  memory = model.apply(variables, batch.inputs, batch.input_lengths, method="encode")
+  params = variables["params"]
+  rows, columns = task.source_coordinates(batch.inputs.shape[1])
+  want = (
+    params["token_embed"]["embedding"][batch.inputs]
+    + params["row_embed"]["embedding"][rows][None]
+    + params["column_embed"]["embedding"][columns][None]
+  )
+  np.testing.assert_allclose(memory.values_BxSxDv, want, atol=1e-6)  # local: token + position
+  assert "position_embed" not in params and params["column_embed"]["embedding"].shape[0] == 5
+  with pytest.raises(ValueError, match="grid_width >= 1"):
+    RNNConfig(vocab_size=5, position_embedding="2d")

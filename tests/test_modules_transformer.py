@@ -211,3 +211,155 @@ def test_training_loss_draws_dropout_and_evaluation_does_not():
   with_dropout, without = losses(0.5), losses(0.0)
   assert with_dropout[0] != with_dropout[1]  # training applies dropout
   assert without[0] == without[1]  # soft attention, no dropout: the key changes nothing
+
+
+# ------------------------------------------- position-local values and 2-D positions
+
+
+def _encode(model, variables, inputs):
+  return model.apply(variables, inputs, LENGTHS, method="encode")
+
+
+@pytest.mark.parametrize("source", ["token", "local", "contextual"])
+def test_local_values_change_only_where_the_source_symbol_changed(source):
+  # Changing the symbol at position 1 of the first source: the encoder's output (the keys)
+  # changes at every position (self-attention mixes the source); token and local values
+  # change at position 1 alone, contextual values (today's default) everywhere.
+  model = build_model(dataclasses.replace(SMALL, value_source=source))
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  before, after = (_encode(model, variables, x) for x in (INPUTS, INPUTS.at[0, 1].set(9)))
+  keys_changed = np.any(before.keys_BxSxD[0] != after.keys_BxSxD[0], axis=-1)[:4]
+  assert keys_changed.all()
+  if source == "contextual":
+    assert before.values_BxSxD is None and after.values_BxSxD is None  # the keys themselves
+    return
+  values_changed = np.any(before.values_BxSxD != after.values_BxSxD, axis=-1)
+  assert values_changed.tolist() == [[False, True, False, False, False]] + [[False] * 5] * 2
+
+
+def _chosen_by_step(auxes, position):
+  """bool ``[B, T]``: some head of some layer chose ``position`` at a step ``<= t``."""
+  index_BxLxHxT = jnp.stack([a.index for a in auxes], axis=1)
+  chosen_BxT = jnp.any(index_BxLxHxT == position, axis=(1, 2))
+  return np.maximum.accumulate(np.asarray(chosen_BxT), axis=1)
+
+
+@pytest.mark.parametrize("source", ["token", "local", "contextual"])
+def test_hard_output_reads_source_symbols_only_at_the_chosen_positions(source):
+  # Hard (argmax) cross-attention in 2 layers x 2 heads. The keys, from the encoder, decide
+  # the choices; the values carry content. Replace the value inputs by those of a source
+  # whose every symbol differs, keeping the keys: with position-local values the output at
+  # step t changes only where a head of a layer chose the replaced position at a step <= t
+  # (the decoder's self-attention carries earlier contexts forward), and stays bit for bit
+  # the same elsewhere. With contextual values (the encoder's output) it changes where no
+  # head chose that position: a hard choice there reads the whole source.
+  model = build_model(dataclasses.replace(SMALL, attention="hard", value_source=source))
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  bound = model.bind(variables)
+  memory = bound.encode(INPUTS, LENGTHS)
+  other = bound.encode(jnp.where(INPUTS == 10, 10, INPUTS % 9 + 3), LENGTHS)  # 3..9 -> 4..9,3
+  values = memory.keys_BxSxD if source == "contextual" else memory.values_BxSxD
+  other_values = other.keys_BxSxD if source == "contextual" else other.values_BxSxD
+
+  def decode(values_BxSxD):
+    _, logits, auxes = bound.decoder(
+      DEC_INPUTS, memory.keys_BxSxD, memory.mask_BxS, EvalMode.ARGMAX, values_BxSxD=values_BxSxD
+    )
+    return np.asarray(logits), auxes
+
+  logits, auxes = decode(values)
+  changed_where_chosen = unchanged_elsewhere = changed_elsewhere = 0
+  for b in range(INPUTS.shape[0]):
+    for j in range(int(LENGTHS[b])):
+      replaced = values.at[b, j].set(other_values[b, j])
+      if source == "contextual":  # every value of the other source: they all read it
+        replaced = values.at[b].set(other_values[b])
+      new_logits, _ = decode(replaced)
+      chosen_T = _chosen_by_step(auxes, j)[b]
+      same_T = np.all(new_logits[b] == logits[b], axis=-1)
+      others = np.delete(np.arange(INPUTS.shape[0]), b)
+      np.testing.assert_array_equal(new_logits[others], logits[others])  # other examples
+      changed_where_chosen += int(np.sum(chosen_T & ~same_T))
+      unchanged_elsewhere += int(np.sum(~chosen_T & same_T))
+      changed_elsewhere += int(np.sum(~chosen_T & ~same_T))
+  assert changed_where_chosen > 0  # the chosen values do reach the output
+  if source == "contextual":
+    assert changed_elsewhere > 0  # the leak: content of positions no head chose
+  else:
+    assert changed_elsewhere == 0 and unchanged_elsewhere > 0
+
+
+def test_2d_positions_encode_row_and_column_of_the_task_grid():
+  from attnlab import tasks
+  from attnlab.modules.transformer import sinusoidal_encoding
+
+  task = tasks.get_task("localize")
+  batch = task.sample(np.random.default_rng([0, 0]), 2, "train")
+  config = dataclasses.replace(
+    SMALL, vocab_size=task.vocab_size, position_embedding="2d", grid_width=task.source_grid_width()
+  )
+  model = build_model(config)
+  variables = model.init(KEY, batch.inputs, batch.input_lengths, batch.targets)
+  bound = model.bind(variables)
+  positions_BxSxD = bound.embed(batch.inputs) - bound.embed(batch.inputs, positions=False)
+  rows, columns = task.source_coordinates(batch.inputs.shape[1])
+  half = SMALL.model_dim // 2
+  np.testing.assert_allclose(
+    positions_BxSxD[0, :, :half], sinusoidal_encoding(rows, half), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    positions_BxSxD[0, :, half:], sinusoidal_encoding(columns, SMALL.model_dim - half), atol=1e-6
+  )
+  # Cell (1, 0) shares its column half with cell (0, 0) and its row half with cell (1, 1).
+  width = task.grid_width
+  np.testing.assert_allclose(positions_BxSxD[0, width, half:], positions_BxSxD[0, 0, half:])
+  np.testing.assert_allclose(positions_BxSxD[0, width, :half], positions_BxSxD[0, width + 1, :half])
+  assert not np.allclose(positions_BxSxD[0, width], positions_BxSxD[0, 0])
+  with pytest.raises(ValueError, match="grid_width >= 1"):
+    TransformerConfig(vocab_size=5, position_embedding="2d")
+
+
+def test_local_values_and_length_embedding_decode_as_they_train():
+  # The paths the comparison's Transformer adds (separate value inputs, the source length in
+  # the decoder's inputs): cached greedy decoding equals the full recompute, and teacher
+  # forcing on the greedy output predicts that output, with hard (argmax) cross-attention.
+  config = dataclasses.replace(SMALL, attention="hard", value_source="local", length_embedding=True)
+  model = build_model(config)
+  variables = model.init(KEY, INPUTS, LENGTHS, DEC_INPUTS)
+  assert "length_projection" in variables["params"]["decoder"]
+
+  @jax.jit
+  def run(variables):
+    greedy = {
+      cache: model.apply(
+        variables,
+        INPUTS,
+        LENGTHS,
+        max_len=6,
+        mode=EvalMode.ARGMAX,
+        cache=cache,
+        method="greedy",
+        mutable=["cache"],
+      )[0]  # fmt: skip
+      for cache in (True, False)
+    }
+    tokens = greedy[True][0]
+    forced = model.apply(
+      variables,
+      INPUTS,
+      LENGTHS,
+      jnp.concatenate([DEC_INPUTS[:, :1], tokens[:, :-1]], axis=1),
+      attention_override=EvalMode.ARGMAX,
+    )
+    return greedy, forced
+
+  greedy, forced = run(variables)
+  np.testing.assert_array_equal(greedy[True][0], greedy[False][0])
+  np.testing.assert_allclose(greedy[True][1], greedy[False][1], atol=1e-5)
+  np.testing.assert_array_equal(jnp.argmax(forced.logits, -1), greedy[True][0])
+  # The length reaches the decoder's inputs: without its projection the logits differ.
+  no_length = jax.tree_util.tree_map_with_path(
+    lambda path, x: x * 0 if "length_projection" in jax.tree_util.keystr(path) else x, variables
+  )
+  apply = lambda v: model.apply(v, INPUTS, LENGTHS, DEC_INPUTS, attention_override="argmax")
+  assert not np.allclose(apply(variables).logits[:, 0], apply(no_length).logits[:, 0])

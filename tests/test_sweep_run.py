@@ -74,7 +74,7 @@ def _csv_rows(workdir):
 
 def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   fake = FakeTrain()
-  report, lines = _run(_smoke(), tmp_path, fake)
+  report, lines = _run(_smoke(), tmp_path, fake, command="python -m experiments.compare x")
   # Seeds of a group are trained together, in one call.
   assert fake.calls == [
     ("copy", "soft", (0, 1)),
@@ -115,6 +115,9 @@ def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   with open(tmp_path / rundir.GRID_FILE) as f:
     grid = table.Grid.from_dict(json.load(f))
   assert grid.methods == ("soft_additive", "reinforce_ema") and "CPU" in grid.hardware
+  # claims.md beside table.md cites the command that ran the sweep.
+  with open(tmp_path / rundir.CLAIMS_FILE) as f:
+    assert "Measured by `python -m experiments.compare x`" in f.read()
 
 
 def test_groups_with_longer_budgets_train_first_and_the_table_keeps_its_order(tmp_path):
@@ -192,7 +195,11 @@ def test_train_fn_that_finishes_no_run_is_a_failure(tmp_path):
   "field, value, message",
   [
     ("method_names", ("soft_additive", "sotf"), r"unknown name\(s\) \['sotf'\] in config"),
-    ("tasks", ("copy", "rev"), r"valid: \['addition', 'copy', 'recall', 'reverse', 'sort'\]"),
+    (
+      "tasks",
+      ("copy", "rev"),
+      r"valid: \['addition', 'copy', 'localize', 'recall', 'reverse', 'sort'\]",
+    ),
     ("seeds", (0, 0), "repeats a seed"),
     ("seeds", (), "non-empty"),
     ("method_names", ("soft_additive", "soft_additive"), "more than once"),

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -162,6 +163,29 @@ def test_lenient_alignment_shown_when_it_differs(tmp_path):
   assert "| 90.0 / 95.0 |" in md
 
 
+def test_multi_head_columns_only_when_a_run_has_them(tmp_path):
+  grid = table.Grid(("copy",), ("rnn", "transformer"), (0, 1))
+  heads = {
+    "val/alignment_accuracy_best_head": 0.98,
+    "val/alignment_accuracy_head_mean": 0.5,
+    "val/alignment_accuracy_any_head": 1.0,
+    "val/attention_entropy_per_head": 1.25,
+    "val/attention_entropy_best_head": 0.5,
+  }
+  for seed in (0, 1):
+    _write_run(tmp_path, "copy", "rnn", seed, _summary(1.0))
+    extra = {**heads, "val/alignment_accuracy_head_mean": 0.5 + 0.1 * seed}
+    _write_run(tmp_path, "copy", "transformer", seed, _summary(1.0, **extra))
+  md = table.format_table(table.collect_results(str(tmp_path), grid), grid)
+  assert "| align best / mean / any head % | head entropy (best) |" in md
+  assert "| 98.0 / 55.0 / 100.0 | 1.25 (0.50) |" in md  # means over seeds
+  rnn_row = next(line for line in md.splitlines() if line.startswith("| copy | rnn |"))
+  assert "| — | — |" in rnn_row
+  only_rnn = table.Grid(("copy",), ("rnn",), (0, 1))
+  md = table.format_table(table.collect_results(str(tmp_path), only_rnn), only_rnn)
+  assert "head %" not in md and "Multi-head" not in md
+
+
 def test_discover_grid_without_grid_json(sweep):
   workdir, _ = sweep
   os.remove(workdir / rundir.GRID_FILE)
@@ -175,9 +199,12 @@ def test_discover_grid_without_grid_json(sweep):
 
 
 def test_grid_round_trip_through_grid_json_and_unknown_key(tmp_path):
-  grid = table.Grid(("copy",), ("soft",), (0, 1), hardware="x", eval_mode="greedy")
+  grid = table.Grid(
+    ("copy", "sort"), ("soft", "hard"), (0, 1), hardware="x", eval_mode="greedy",
+    skip=("sort/hard",), command="python -m experiments.compare --workdir=d",
+  )  # fmt: skip
   table.write_grid(str(tmp_path), grid)
-  assert table.discover_grid(str(tmp_path)) == grid
+  assert table.discover_grid(str(tmp_path)) == grid  # skip and command included
   with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
     table.Grid.from_dict({"tasks": [], "methods": [], "seeds": [], "colour": 1})
 
@@ -206,8 +233,10 @@ def test_experiments_table_rebuilds_files_and_plots(sweep):
   # The corrupt file is named, with the reason; everything else is still written.
   assert f"warning: {bad}: line 1 is not JSON" in result.stderr
   assert "Traceback" not in result.stderr
-  for name in (rundir.RESULTS_FILE, rundir.TABLE_FILE, os.path.join(rundir.PLOTS_DIR, "copy.png")):
+  written = (rundir.RESULTS_FILE, rundir.TABLE_FILE, rundir.CLAIMS_FILE)
+  for name in (*written, os.path.join(rundir.PLOTS_DIR, "copy.png")):
     assert os.path.getsize(workdir / name) > 0
+  assert str(workdir / rundir.CLAIMS_FILE) in result.stdout.splitlines()
 
 
 def test_rebuild_lists_unreadable_files_and_skips_summaries_without_results(sweep):
@@ -233,3 +262,74 @@ def test_wilson_interval_by_hand():
   assert low == pytest.approx(0.3968, abs=1e-4) and high == pytest.approx(0.8922, abs=1e-4)
   assert table.wilson_interval(0, 10)[0] == 0.0 and table.wilson_interval(10, 10)[1] == 1.0
   assert table.wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+
+
+def _claims_sweep(tmp_path, *, localize_gap):
+  """copy and localize × soft and RLOO-4 (REINFORCE) × 2 seeds, with a bench_cost.json."""
+  grid = table.Grid(
+    ("copy", "localize"), ("soft", "rloo4"), (0, 1), hardware="box", command="python -m x"
+  )
+  table.write_grid(str(tmp_path), grid)
+  for task in grid.tasks:
+    for seed in grid.seeds:
+      soft = _summary(1.0, 50, 100, var1=0.0, attention="soft", objective="soft")
+      soft.update({"val/support_size": 8.0, "val/attention_entropy": 1.5, "ms_per_step": 10.0})
+      hard_acc = 1.0 + (localize_gap if task == "localize" else -0.5)
+      hard = _summary(hard_acc, 100, 300 if hard_acc >= 0.99 else None, var1=0.1,
+                      attention="hard", objective="reinforce")  # fmt: skip
+      hard.update({"val/attention_entropy": 0.5, "val/alignment_accuracy": 0.95})
+      hard.update({"ms_per_step": 40.0})
+      _write_run(tmp_path, task, "soft", seed, soft)
+      _write_run(tmp_path, task, "rloo4", seed, hard)
+  cost = {
+    "settings": {"batch": 1, "key_dim": 64, "value_dims": [64, 4096]},
+    "rows": [
+      {"length": s, "value_dim": v, "time_ratio": r, "model_ratio": 2.0, "alloc_ratio": 1.0,
+       "train_time_ratio_hard_dense": 0.8, "train_time_ratio_hard_index": 3.0}
+      for s, v, r in [(64, 64, 0.9), (4096, 64, 1.2), (64, 4096, 1.1), (4096, 4096, 40.0)]
+    ],
+  }  # fmt: skip
+  with open(tmp_path / rundir.BENCH_COST_FILE, "w") as f:
+    json.dump(cost, f)
+  return grid
+
+
+def test_claims_state_each_textbook_row_with_its_numbers(tmp_path):
+  _claims_sweep(tmp_path, localize_gap=-0.1)
+  rebuilt = table.rebuild(str(tmp_path), with_plots=False)
+  text = open(rebuilt.claims_md).read()
+  assert rebuilt.claims_md == str(tmp_path / rundir.CLAIMS_FILE)
+  assert "Measured by `python -m x`" in text and f"--workdir={tmp_path}" in text
+  verdicts = dict(
+    re.findall(r"^\| (Mechanism|Training|Computational cost|Interpretability|Use cases) "
+               r"\|[^|]*\| ([^|]+) \|$", text, flags=re.M)
+  )  # fmt: skip
+  assert verdicts == {
+    "Mechanism": "holds",
+    # REINFORCE: 100 -> 300 steps on localize, never on copy (50% there): slower in both.
+    "Training": "holds",
+    # Inference: cheaper from S = 4,096 at Dv = 4096 only; training: 4x the soft step.
+    "Computational cost": "holds in part",
+    # Entropy 0.5 against 1.5, alignment 95% against 90%, in both pairs.
+    "Interpretability": "holds",
+    # Hard trails soft by 10 points on localize, by 50 on copy: relatively best there.
+    "Use cases": "holds",
+  }
+  assert "puts weight on 8.0 source positions per step" in text
+  assert "hard is at least 1.5x faster from S = 4,096" in text and "never 1.5x faster" in text
+  assert "`rloo4` 40.0 ms/step (4.00x soft)" in text
+  assert "gradient variance 1.0e-01 at step 1" in text
+  assert "trained slower than soft attention (fewer seeds solved, or later or never" in text
+  assert "in 2, faster in 0" in text
+
+
+def test_claims_say_where_a_claim_does_not_hold_or_was_not_measured(tmp_path):
+  grid = _claims_sweep(tmp_path, localize_gap=-0.8)  # hard worst on localize
+  os.remove(tmp_path / rundir.BENCH_COST_FILE)
+  rows = table.collect_results(str(tmp_path), grid)
+  text = table.format_claims(rows, grid)
+  assert "## Use cases: does not hold" in text and "not relatively best" in text
+  assert "no bench_cost.json found" in text
+  only_copy = table.Grid(("copy",), ("soft", "rloo4"), (0, 1))
+  text = table.format_claims(table.collect_results(str(tmp_path), only_copy), only_copy)
+  assert "## Use cases: not measured" in text and "the sweep in `DIR`" in text

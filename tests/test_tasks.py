@@ -48,6 +48,9 @@ def _reference(task, source):
     b = int("".join(map(str, b_digits[::-1])))
     out = [FIRST_SYMBOL + int(d) for d in str(a + b)[::-1]]
     return out, [-1] * len(out)
+  if task.name == "localize":
+    cells = [i for i, t in enumerate(source) if t != FIRST_SYMBOL]  # reading order
+    return [source[i] for i in cells], cells
   raise AssertionError(task.name)
 
 
@@ -55,7 +58,7 @@ def _reference(task, source):
 
 
 def test_registry_names_and_unknown_name():
-  assert set(tasks.TASKS) == {"copy", "reverse", "sort", "recall", "addition"}
+  assert set(tasks.TASKS) == {"copy", "reverse", "sort", "recall", "addition", "localize"}
   with pytest.raises(ValueError, match="unknown task 'cpy'") as info:
     get_task("cpy")
   for name in tasks.TASKS:
@@ -78,6 +81,11 @@ def test_unknown_override_is_named():
     ("recall", dict(ood_pairs=(9, 17)), "ood_pairs"),
     ("addition", dict(gold_operand="both"), "gold_operand='both' is invalid; valid choices"),
     ("sort", dict(val_fraction=0.6, test_fraction=0.5), "val_fraction"),
+    ("localize", dict(train_rows=(2, 5), ood_rows=(5, 6)), "OOD means longer"),
+    ("localize", dict(grid_width=0), "grid_width"),
+    # 2 rows of 5 cells cannot hold 11 objects.
+    ("localize", dict(train_objects=(1, 11)), r"train_objects.*high <= 10"),
+    ("localize", dict(ood_objects=(0, 3)), "ood_objects"),
   ],
 )
 def test_invalid_parameters_raise(name, overrides, message):
@@ -101,6 +109,7 @@ def test_vocabulary_contract():
   assert get_task("copy").vocab_size == FIRST_SYMBOL + 10
   assert get_task("recall").vocab_size == FIRST_SYMBOL + 16 + 10 + 1  # keys, values, QUERY
   assert get_task("addition").vocab_size == FIRST_SYMBOL + 10 + 1  # digits, '+'
+  assert get_task("localize").vocab_size == FIRST_SYMBOL + 1 + 8  # background, classes
 
 
 def test_bad_split_batch_size_and_rng():
@@ -177,6 +186,7 @@ def test_lengths_cover_the_training_range(name):
   ranges = {
     "recall": [2 * p + 2 for p in range(2, 9)],
     "addition": list(range(3, 8)),
+    "localize": [5 * rows for rows in range(2, 6)],
   }
   assert lengths == set(ranges.get(name, range(1, 13)))
 
@@ -213,6 +223,45 @@ def test_hand_made_alignments():
   assert add.alignment.tolist() == [[3, -1, -1, -1, -1]]
 
 
+def test_localize_by_hand_and_its_grid():
+  task = get_task("localize", grid_width=3, train_rows=(2, 2), ood_rows=(3, 3),
+                  train_objects=(1, 2), ood_objects=(1, 3))  # fmt: skip
+  empty = FIRST_SYMBOL
+  # Row 0: . 7 .   row 1: 5 . .   -> classes in reading order 7, 5 at cells 1 and 3.
+  grid = task.from_sources([[empty, 7, empty, 5, empty, empty]], [6])
+  assert grid.targets.tolist() == [[7, 5, EOS]] and grid.alignment.tolist() == [[1, 3, -1]]
+  # A grid of the OOD width (3 rows) holds up to ood_objects[1] = 3: a wider target.
+  tall = task.from_sources([[6, empty, empty, empty, empty, 4, 4, empty, empty]], [9])
+  assert tall.targets.tolist() == [[6, 4, 4, EOS]]
+  assert tall.alignment.tolist() == [[0, 5, 6, -1]]
+  # An empty grid is well formed: the target is EOS alone.
+  assert task.from_sources([[empty] * 6], [6]).targets.tolist() == [[EOS, PAD, PAD]]
+  # Rows and columns of the flattened cells; sequence tasks are one row.
+  rows, cols = task.source_coordinates(7)
+  assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2] and cols.tolist() == [0, 1, 2, 0, 1, 2, 0]
+  assert task.source_grid_width() == 3
+  rows, cols = get_task("copy").source_coordinates(4)
+  assert rows.tolist() == [0] * 4 and cols.tolist() == [0, 1, 2, 3]
+  # The gold cell's coordinates locate the object: row 1, column 0 holds the 5 above.
+  rows, cols = task.source_coordinates(6)
+  assert (rows[3], cols[3]) == (1, 0)
+
+
+def test_localize_draws_distinct_cells_and_every_object_count():
+  task = get_task("localize")
+  batch = task.sample(_rng(6), 2000, "train")
+  counts = batch.target_lengths - 1
+  assert set(counts.tolist()) == {1, 2, 3, 4}
+  objects = (batch.inputs > FIRST_SYMBOL).sum(axis=1)  # distinct cells: none overwritten
+  np.testing.assert_array_equal(objects, counts)
+  # Objects land on every cell of the tallest grids (uniform cells, no position bias).
+  cells = batch.alignment[(batch.alignment >= 0)]
+  assert set(cells.tolist()) == set(range(task.max_input_len("train")))
+  ood = task.sample(_rng(6), 500, "ood")
+  assert set((ood.target_lengths - 1).tolist()) == {5, 6}
+  assert set((ood.input_lengths // 5).tolist()) == {6, 7, 8}
+
+
 @pytest.mark.parametrize(
   "name, inputs, lengths, message",
   [
@@ -222,6 +271,8 @@ def test_hand_made_alignments():
     ("recall", [[3, 20, 3, 21, 29, 3]], [6], "distinct keys"),
     ("recall", [[3, 20, 4, 21, 29, 5]], [6], "queried key"),
     ("addition", [[4, 5, 6]], [3], "one '\\+'"),
+    ("localize", [[3] * 7], [7], "whole rows of 5"),
+    ("localize", [[4, 5, 6, 7, 8, 3, 3, 3, 3, 3]], [10], "at most 4 objects"),
   ],
 )
 def test_from_sources_rejects_malformed_rows(name, inputs, lengths, message):

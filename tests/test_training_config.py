@@ -236,3 +236,40 @@ def test_every_task_field_is_a_task_override_that_defaults_to_the_task():
   assert config_lib.parse_config(default_config.get_config()).task == tasks.CopyTask()
   run = config_lib.parse_config(_default({"task": "recall", "task_overrides.train_pairs": (2, 4)}))
   assert run.task == tasks.RecallTask(train_pairs=(2, 4))
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_2d_positions_take_the_grid_of_the_task(family):
+  key = f"model.{family}.position_embedding"
+  run = config_lib.parse_config(_default({"task": "localize", "model.family": family, key: "2d"}))
+  assert run.model.position_embedding is modules.PositionEmbedding.TWO_D
+  assert run.model.grid_width == 5  # the task's, derived: not a model setting
+  one_d = config_lib.parse_config(_default({"task": "localize", "model.family": family}))
+  assert one_d.model.position_embedding is modules.PositionEmbedding.ONE_D
+  with pytest.raises(config_lib.ConfigError, match=rf"{key}='2d' needs a task whose sources"):
+    config_lib.parse_config(_default({"model.family": family, key: "2d"}))
+  config = _default({"task": "localize", "model.family": family})
+  config.model[family].grid_width = 5
+  with pytest.raises(config_lib.ConfigError, match="grid_width is not a"):
+    config_lib.parse_config(config)
+
+
+def test_transformer_preset_is_the_honest_transformer_on_every_task():
+  compare = compare_config.get_config("transformer")
+  assert compare.tasks == (*compare_config.TASKS, "localize")
+  for task in compare.tasks:
+    for name in compare.method_names:
+      run = config_lib.parse_config(plan.run_config(compare, task, name))
+      model = run.model
+      assert isinstance(model, modules.TransformerConfig), (task, name)
+      # Position-local values: only cross-attention carries the source's symbols.
+      assert model.value_source is modules.ValueSource.LOCAL and model.length_embedding
+      grid = task == "localize"
+      assert (model.position_embedding is modules.PositionEmbedding.TWO_D) == grid
+  hard = config_lib.parse_config(plan.run_config(compare, "copy", "transformer_reinforce_rloo4"))
+  assert hard.objective.objective is Objective.REINFORCE and hard.objective.num_samples == 4
+  assert hard.objective.credit is estimators.CreditAssignment.REWARD_TO_GO
+  assert hard.objective.entropy_coef > 0 and hard.eval_mode is modules.EvalMode.ARGMAX
+  # The RNN presets never train the Transformer rows.
+  full = compare_config.get_config("full")
+  assert not set(full.method_names) & set(compare_config.TRANSFORMER_METHODS)

@@ -12,6 +12,7 @@ from attnlab.modules.kinds import (
   EvalMode,
   Feedback,
   KeySource,
+  PositionEmbedding,
   ScoreKind,
   ValueSource,
 )
@@ -43,6 +44,7 @@ __all__ = [
   "Feedback",
   "KeySource",
   "MultiHeadAttention",
+  "PositionEmbedding",
   "RNNConfig",
   "RNNSeq2Seq",
   "ScoreKind",

@@ -227,6 +227,7 @@ class MultiHeadAttention(nn.Module):
     inputs_kv_BxSxD: chex.Array | None = None,
     mask: chex.Array | None = None,
     *,
+    inputs_v_BxSxDv: chex.Array | None = None,
     override: Override = None,
     key: Any = None,
   ) -> tuple[chex.Array, AttentionAux]:
@@ -237,6 +238,8 @@ class MultiHeadAttention(nn.Module):
       inputs_kv_BxSxD: key/value inputs, or ``None`` for self-attention.
       mask: bool ``[B, S]``, ``[B, T, S]`` or ``[B, H, T, S]`` (size-1 axes broadcast);
         ``True`` = may attend.
+      inputs_v_BxSxDv: value inputs when they differ from the keys' (e.g. position-local
+        values beside contextual keys); ``None``: ``inputs_kv``. Same parameters either way.
       override: an :class:`EvalMode` or :class:`AttentionKind` replacing ``kind``.
       key: PRNG key for random selections (default: the ``"attention"`` stream, drawn only
         when needed).
@@ -258,7 +261,7 @@ class MultiHeadAttention(nn.Module):
     project = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
     q_BxTxHxD = project("query")(inputs_q_BxTxD)
     k_BxSxHxD = project("key")(inputs_kv_BxSxD)
-    v_BxSxHxD = project("value")(inputs_kv_BxSxD)
+    v_BxSxHxD = project("value")(inputs_kv_BxSxD if inputs_v_BxSxDv is None else inputs_v_BxSxDv)
     score_fn, params = _score_parameters(
         self, ScoreKind.parse(self.score), head_dim, head_dim, self.num_heads,
         self.additive_dim or head_dim,

@@ -9,6 +9,7 @@ from attnlab.modules.kinds import (
   Cell,
   Feedback,
   KeySource,
+  PositionEmbedding,
   ScoreKind,
   ValueSource,
 )
@@ -28,6 +29,13 @@ def _check_positive(config, names: tuple[str, ...]) -> None:
 
 
 def _check_common(config) -> None:
+  if isinstance(config.grid_width, bool) or not isinstance(config.grid_width, int):
+    raise ValueError(f"grid_width must be an int >= 0, got {config.grid_width!r}.")
+  if config.position_embedding is PositionEmbedding.TWO_D and config.grid_width < 1:
+    raise ValueError(
+      f"position_embedding='2d' needs the grid's width (grid_width >= 1, from a grid task "
+      f"such as 'localize'), got grid_width={config.grid_width}."
+    )
   if config.gumbel_temperature <= 0:
     raise ValueError(f"gumbel_temperature must be > 0, got {config.gumbel_temperature}.")
   for name in ("bos_id", "eos_id"):
@@ -63,7 +71,12 @@ class RNNConfig:
     init_decoder_from_length: add an embedding of the source length (a count, no symbol)
       to the initial decoder state. Without it a decoder that feeds back nothing cannot
       know where the target ends except from the one value it attends.
-    max_source_len: number of learned source position embeddings.
+    max_source_len: number of learned source position embeddings (with
+      ``position_embedding="2d"``: of row embeddings).
+    position_embedding: :class:`PositionEmbedding`: ``"1d"`` learns one embedding per
+      flattened position; ``"2d"`` one per row and one per column of the task's grid,
+      added (:func:`attnlab.tasks.grid_coordinates`).
+    grid_width: columns of the task's grid (derived from the task; 0 for sequences).
     unroll: time steps per loop iteration of the encoder and decoder scans (``unroll`` of
       :func:`jax.lax.scan`); 0 unrolls them fully. The same model either way. Measured on a
       2-core CPU (the comparison's model): alone, full unrolling cuts a sort training step
@@ -92,6 +105,8 @@ class RNNConfig:
   init_decoder_from_source: bool = False
   init_decoder_from_length: bool = True
   max_source_len: int = 64
+  position_embedding: PositionEmbedding | str = PositionEmbedding.ONE_D
+  grid_width: int = 0
   unroll: int = 1
   bos_id: int = BOS
   eos_id: int = EOS
@@ -106,6 +121,7 @@ class RNNConfig:
         "feedback": Feedback,
         "key_source": KeySource,
         "value_source": ValueSource,
+        "position_embedding": PositionEmbedding,
       },
     )
     _check_positive(
@@ -133,6 +149,7 @@ class TransformerConfig:
   """Pre-LayerNorm Transformer encoder-decoder with sinusoidal positions (Vaswani et al. 2017).
 
   Self-attention is soft (scaled dot); cross-attention uses ``attention`` and ``score``.
+  Its keys come from the encoder's output, its values from ``value_source``.
 
   Attributes:
     vocab_size: ``V``.
@@ -149,6 +166,21 @@ class TransformerConfig:
     learned_baseline: add a value head on the stop-gradient decoder output.
     dropout_rate: dropout on the self-attention weights, the embeddings and every
       sub-layer's output (training only: active when a ``"dropout"`` PRNG stream is given).
+    value_source: :class:`ValueSource` of the cross-attention's values: ``"contextual"``
+      (the default) the encoder's output, which mixes the whole source, so a hard choice
+      reads more than its position; ``"local"`` the encoder's input at the position (token
+      embedding plus position encoding, layer-normalised); ``"token"`` the token embedding
+      alone. With ``local`` or ``token`` a hard model's output depends on the source's
+      symbols only through the positions its heads chose (the keys, from the encoder, decide
+      the choice).
+    position_embedding: :class:`PositionEmbedding` of the source: ``"1d"`` sinusoids of the
+      flattened position; ``"2d"`` sinusoids of the row in the first half of the width and of
+      the column in the second (:func:`attnlab.tasks.grid_coordinates`).
+    grid_width: columns of the task's grid (derived from the task; 0 for sequences).
+    length_embedding: add a learned projection of the sinusoids of the source length (a
+      count, no symbol) to every decoder input, as ``RNNConfig.init_decoder_from_length``
+      does: with position-local values the decoder can then know where the target ends
+      without reading it off an attended value.
     bos_id: first decoder input of greedy decoding.
     eos_id: end-of-sequence token.
   """
@@ -166,11 +198,23 @@ class TransformerConfig:
   straight_through: bool = False
   learned_baseline: bool = False
   dropout_rate: float = 0.0
+  value_source: ValueSource | str = ValueSource.CONTEXTUAL
+  position_embedding: PositionEmbedding | str = PositionEmbedding.ONE_D
+  grid_width: int = 0
+  length_embedding: bool = False
   bos_id: int = BOS
   eos_id: int = EOS
 
   def __post_init__(self):
-    _parse_fields(self, {"attention": AttentionKind, "score": ScoreKind})
+    _parse_fields(
+      self,
+      {
+        "attention": AttentionKind,
+        "score": ScoreKind,
+        "value_source": ValueSource,
+        "position_embedding": PositionEmbedding,
+      },
+    )
     _check_positive(
         self,
         (

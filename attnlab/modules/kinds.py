@@ -45,15 +45,34 @@ class KeySource(Choice):
 
 
 class ValueSource(Choice):
-  """What the RNN family's attention values (the contexts) are."""
+  """What the (cross-)attention's values, the contexts, are computed from.
+
+  ``token`` and ``local`` are position-local: the value at a position carries that
+  position's symbol (and place) and nothing else of the source, so a hard choice reads one
+  symbol. ``contextual`` values are computed from the whole source (BiRNN states; the
+  Transformer encoder's output, whose self-attention mixes every position): a hard choice
+  then reads a summary of the whole source, and is not hard.
+  """
 
   # the token embedding alone: one value per symbol wherever it stands, so every position's
-  # value is trained whichever position is attended (the default).
+  # value is trained whichever position is attended (the RNN family's default).
   TOKEN = "token"
-  # token plus position embedding: a rarely attended position (the last of the longest
-  # sources) has a rarely trained value, a trap for hard attention.
+  # token plus position embedding (RNN: learned positions, a rarely attended position (the
+  # last of the longest sources) has a rarely trained value, a trap for hard attention;
+  # Transformer: the encoder's input, token embedding plus sinusoids).
   LOCAL = "local"
-  CONTEXTUAL = "contextual"  # the bidirectional RNN states: may carry any source content.
+  # the bidirectional RNN states, or the Transformer encoder's output (its default): may
+  # carry any source content.
+  CONTEXTUAL = "contextual"
+
+
+class PositionEmbedding(Choice):
+  """How source positions are embedded (``RNNConfig`` / ``TransformerConfig``)."""
+
+  ONE_D = "1d"  # the flattened position p (the default).
+  # row and column of p in the task's grid (attnlab.tasks.grid_coordinates), embedded
+  # separately: grid tasks (localize) only.
+  TWO_D = "2d"
 
 
 class EvalMode(Choice):

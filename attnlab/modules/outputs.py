@@ -22,12 +22,15 @@ class AttentionRecord(NamedTuple):
     log_prob: ``[B, T]`` float32 log-probability of all choices made at step ``t``
       (summed over heads/layers when there are several), differentiable; hard modes only.
     entropy: ``[B, T]`` float32 entropy of the attention distribution (summed likewise).
+    head_weights: ``[B, L, H, T, S]`` float32 distribution of every cross-attention layer
+      ``L`` and head ``H``, for multi-head models (the Transformer); else ``None``.
   """
 
   weights: chex.Array
   index: chex.Array | None
   log_prob: chex.Array | None
   entropy: chex.Array
+  head_weights: chex.Array | None = None
 
 
 class Seq2SeqOutput(NamedTuple):

@@ -28,10 +28,12 @@ from attnlab.modules.kinds import (
   EvalMode,
   Feedback,
   KeySource,
+  PositionEmbedding,
   ScoreKind,
   ValueSource,
 )
 from attnlab.modules.outputs import AttentionRecord, Seq2SeqOutput
+from attnlab.tasks.base import grid_coordinates
 
 
 class Memory(NamedTuple):
@@ -198,7 +200,11 @@ class RNNSeq2Seq(nn.Module):
   def setup(self):
     c = self.config
     self.token_embed = nn.Embed(c.vocab_size, c.embed_dim)
-    self.position_embed = nn.Embed(c.max_source_len, c.embed_dim)
+    if c.position_embedding is PositionEmbedding.TWO_D:  # The task's grid: rows, columns.
+      self.row_embed = nn.Embed(c.max_source_len, c.embed_dim)
+      self.column_embed = nn.Embed(c.grid_width, c.embed_dim)
+    else:
+      self.position_embed = nn.Embed(c.max_source_len, c.embed_dim)
     if c.uses_encoder_rnn:
       self.encoder = nn.Bidirectional(
         nn.RNN(_make_cell(c.cell, c.encoder_dim), unroll=c.unroll),
@@ -242,7 +248,12 @@ class RNNSeq2Seq(nn.Module):
         "raise RNNConfig.max_source_len."
       )
     tokens_BxSxE = self.token_embed(inputs_BxS)
-    local_BxSxE = tokens_BxSxE + self.position_embed(jnp.arange(source_len))[None]
+    if c.position_embedding is PositionEmbedding.TWO_D:
+      rows_S, columns_S = grid_coordinates(source_len, c.grid_width)
+      positions_SxE = self.row_embed(rows_S) + self.column_embed(columns_S)
+    else:
+      positions_SxE = self.position_embed(jnp.arange(source_len))
+    local_BxSxE = tokens_BxSxE + positions_SxE[None]
     keys = values = local_BxSxE
     if c.value_source is ValueSource.TOKEN:
       values = tokens_BxSxE

@@ -193,6 +193,7 @@ def run_comparison(
   log: Callable[[str], None] | None = None,
   with_plots: bool = True,
   shard: Shard | None = None,
+  command: str = "",
 ) -> ComparisonReport:
   """Runs (or resumes) the sweep and writes ``results.csv``, ``table.md`` and the plots.
 
@@ -208,6 +209,8 @@ def run_comparison(
     log: receives the progress lines; default ``logging.getLogger("attnlab.sweep.run").info``.
     with_plots: write ``DIR/plots/<task>.png``.
     shard: which part of the sweep to run; default (None) all of it.
+    command: the command line that runs the sweep, recorded in ``grid.json`` (``claims.md``
+      cites it).
 
   Returns:
     A :class:`ComparisonReport`. Failed groups do not raise: they are listed in it.
@@ -223,7 +226,9 @@ def run_comparison(
   rundir.make_dir(workdir, what="sweep")
   lock_shard = None if shard.is_whole else shard.index  # Shards of one sweep run at once.
   with rundir.locked(workdir, what="sweep", shard=lock_shard):
-    return _run_planned(groups, config, workdir, train_fn, log or _log.info, with_plots, shard)
+    return _run_planned(
+      groups, config, workdir, train_fn, log or _log.info, with_plots, shard, command
+    )
 
 
 def _set_aside_stale_runs(groups: Sequence[Group], workdir: str, log) -> None:
@@ -249,6 +254,7 @@ def _run_planned(
   log: Callable[[str], None],
   with_plots: bool,
   shard: Shard,
+  command: str = "",
 ) -> ComparisonReport:
   """:func:`run_comparison` once the sweep (or its shard) holds ``DIR``'s lock."""
   start = time.perf_counter()
@@ -260,7 +266,7 @@ def _run_planned(
   if plan_line:
     log(plan_line)
   grid = dataclasses.replace(
-    grid_of(config), hardware=machine.describe(), eval_mode=_eval_mode(config)
+    grid_of(config), hardware=machine.describe(), eval_mode=_eval_mode(config), command=command
   )
   if shard.index == 0:  # The same grid for every shard: one writer.
     table.write_grid(workdir, grid)

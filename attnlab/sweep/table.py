@@ -61,6 +61,7 @@ class Grid:
       (:meth:`attnlab.sweep.workers.Machine.describe`).
     eval_mode: how accuracies were measured (e.g. "greedy decoding, argmax attention").
     skip: ``"task/method"`` pairs of the tasks × methods product that the sweep does not run.
+    command: the command line that ran the sweep ("" when not recorded); claims.md cites it.
   """
 
   tasks: tuple[str, ...]
@@ -69,6 +70,7 @@ class Grid:
   hardware: str = ""
   eval_mode: str = "greedy decoding"
   skip: tuple[str, ...] = ()
+  command: str = ""
 
   def pairs(self) -> list[tuple[str, str]]:
     """Every (task, method) the sweep runs, in table order (tasks outermost)."""
@@ -99,6 +101,8 @@ class Grid:
       seeds=tuple(int(s) for s in raw["seeds"]),
       hardware=raw.get("hardware", ""),
       eval_mode=raw.get("eval_mode", "greedy decoding"),
+      skip=tuple(raw.get("skip", ())),
+      command=raw.get("command", ""),
     )
 
 
@@ -283,8 +287,32 @@ def _align(runs: Sequence[Mapping]) -> str:
   return strict
 
 
-def table_columns(probes: Sequence[str]) -> list[str]:
-  """Header of table.md for the given probe keys."""
+# Multi-head cross-attention (attnlab.metrics.multi_head_alignment): columns shown when a
+# row has them (Transformer runs).
+_HEAD_ALIGN_KEYS = (
+  "val/alignment_accuracy_best_head",
+  "val/alignment_accuracy_head_mean",
+  "val/alignment_accuracy_any_head",
+)
+_HEAD_ENTROPY_KEYS = ("val/attention_entropy_per_head", "val/attention_entropy_best_head")
+HEAD_COLUMNS = ("align best / mean / any head %", "head entropy (best)")
+
+
+def has_head_metrics(rows: Sequence[Mapping]) -> bool:
+  """Whether any run reports the multi-head alignment metrics."""
+  return any(_HEAD_ALIGN_KEYS[0] in row for row in rows)
+
+
+def _head_cells(runs: Sequence[Mapping]) -> list[str]:
+  if not _values(runs, _HEAD_ALIGN_KEYS[0]).size:
+    return ["—", "—"]
+  align = " / ".join(_mean(runs, k, 100.0) for k in _HEAD_ALIGN_KEYS)
+  per_head, best = (_mean(runs, k, digits=2) for k in _HEAD_ENTROPY_KEYS)
+  return [align, f"{per_head} ({best})"]
+
+
+def table_columns(probes: Sequence[str], multi_head: bool = False) -> list[str]:
+  """Header of table.md for the given probe keys (and multi-head columns)."""
   return [
     "task",
     "method",
@@ -299,6 +327,7 @@ def table_columns(probes: Sequence[str]) -> list[str]:
     "OOD seq acc %",
     "align acc %",
     "attn entropy",
+    *(HEAD_COLUMNS if multi_head else ()),
     "KL(q‖p)",
     *(f"grad var @{rundir.probe_step(p)}" for p in probes),
     "ms/step",
@@ -317,7 +346,17 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     the table, and a list of failed or unfinished groups.
   """
   probes = probe_keys(rows)
-  columns = table_columns(probes)
+  multi_head = has_head_metrics(rows)
+  columns = table_columns(probes, multi_head)
+  head_note = [
+    "- Multi-head models (the Transformer: layers × heads of cross-attention): `align acc %`"
+    " is the argmax of the last layer's head-averaged weights; `align best / mean / any"
+    " head %` the alignment accuracy of the best (layer, head) on the validation set (chosen"
+    " there: optimistic), of the weights averaged over every layer and head, and the share"
+    " of steps on which some head's argmax is the gold position (for hard attention: the"
+    " gold symbol was read); `head entropy (best)`: each head's mean entropy in nats,"
+    " averaged over heads (the best head's)."
+  ]
   lines = [
     "# Soft vs hard attention: comparison",
     "",
@@ -339,6 +378,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     "- `KL(q‖p)`: for variational attention, the KL from the inference network's posterior"
     " to the attention (the prior) per target token, averaged over the last training"
     " steps (`—`: no posterior).",
+    *(head_note if multi_head else []),
     "- `grad var @k`: gradient variance of the estimator at step k on a fixed probe batch"
     " (geometric mean over seeds); `ms/step`: training wall time per step of the vmapped"
     " seeds (all seeds of a row train together).",
@@ -384,6 +424,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
         _mean_std(done, "ood/seq_accuracy", 100.0),
         _align(done),
         _mean(done, "val/attention_entropy", digits=2),
+        *(_head_cells(done) if multi_head else []),
         _mean(done, "train/kl", digits=2) if _values(done, "train/kl").size else "—",
         *[_geo_mean(done, p) for p in probes],
         _mean(done, "ms_per_step"),
@@ -441,10 +482,12 @@ class Rebuilt:
   plots: tuple[str, ...]
   rows: tuple[dict, ...]
   problems: tuple[str, ...] = ()
+  claims_md: str = ""
 
 
 def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) -> Rebuilt:
-  """Re-reads every run of the sweep and rewrites ``results.csv``, ``table.md`` and the plots.
+  """Re-reads every run of the sweep and rewrites ``results.csv``, ``table.md``, ``claims.md``
+  (:func:`write_claims`) and the plots.
 
   Args:
     workdir: the sweep directory.
@@ -465,9 +508,10 @@ def rebuild(workdir: str, grid: Grid | None = None, *, with_plots: bool = True) 
     os.path.join(workdir, rundir.TABLE_FILE),
     text + f"\n_Built {stamp} from {len(rows)} run directories._\n",
   )
+  claims_path = write_claims(workdir, rows, grid)
   problems: list[str] = []
   plot_paths = tuple(write_comparison_plots(workdir, grid, problems)) if with_plots else ()
-  return Rebuilt(csv_path, md_path, plot_paths, tuple(rows), tuple(problems))
+  return Rebuilt(csv_path, md_path, plot_paths, tuple(rows), tuple(problems), claims_path)
 
 
 def _parse_csv_value(text: str) -> Any:
@@ -501,3 +545,382 @@ def read_results_csv(path: str) -> list[dict[str, Any]]:
   """
   with open(path, newline="") as f:
     return [{k: _parse_csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ---- claims.md: the textbook soft-vs-hard table, row by row -------------------------------
+#
+# The standard comparison of soft and hard attention is a table of five rows (mechanism;
+# training; computational cost; interpretability; use cases). claims.md states, for each,
+# what this sweep (and experiments/bench_cost.py, when its results are found) measured, with
+# the numbers and the commands, and whether the textbook claim holds here.
+
+# The repository's results of experiments/bench_cost.py, used when the sweep directory holds
+# no bench_cost.json of its own.
+REPO_BENCH_COST = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  "results",
+  rundir.BENCH_COST_FILE,
+)
+_BENCH_COST_COMMAND = "python -m experiments.bench_cost --out=results/bench_cost"
+_S99 = rundir.steps_to_key(0.99)
+_SEC99 = rundir.seconds_to_key(0.99)
+# Verdict words.
+_HOLDS, _PARTLY, _FAILS, _UNMEASURED = "holds", "holds in part", "does not hold", "not measured"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+  """The completed runs of one (task, method)."""
+
+  task: str
+  method: str
+  runs: tuple[Mapping, ...]
+
+  def mean(self, key: str) -> float | None:
+    vals = _values(self.runs, key)
+    return float(vals.mean()) if vals.size else None
+
+  @property
+  def kind(self) -> str:
+    """``soft`` (softmax, expected context), ``rl`` (hard, REINFORCE) or ``other``."""
+    attention = self.runs[0].get("attention")
+    if attention == "soft":
+      return "soft"
+    if attention == "hard" and self.runs[0].get("objective") == "reinforce":
+      return "rl"
+    return "other"
+
+  @property
+  def multi_head(self) -> bool:
+    return _HEAD_ALIGN_KEYS[0] in self.runs[0]
+
+  def align_key(self) -> str:
+    return _HEAD_ALIGN_KEYS[0] if self.multi_head else "val/alignment_accuracy"
+
+  def entropy_key(self) -> str:
+    return _HEAD_ENTROPY_KEYS[0] if self.multi_head else "val/attention_entropy"
+
+  def solved(self) -> tuple[int, int]:
+    vals = _values(self.runs, "test/seq_accuracy")
+    return int(np.sum(vals >= SOLVED_ACCURACY)), len(self.runs)
+
+  def name(self) -> str:
+    return f"`{self.method}`"
+
+  def accuracy(self) -> str:
+    k, n = self.solved()
+    return f"{_mean_std(self.runs, 'test/seq_accuracy', 100.0)}% test exact match ({k}/{n} solved)"
+
+  def steps(self) -> str:
+    return (
+      f"{_threshold(self.runs, _S99)} steps and {_threshold(self.runs, _SEC99, seconds=True)}"
+      " s to 99% validation"
+    )
+
+
+def _rows_by_task(rows: Sequence[Mapping], grid: Grid) -> dict[str, list[_Row]]:
+  done: dict[tuple[str, str], list[Mapping]] = {}
+  for row in rows:
+    if row["status"] == RunStatus.COMPLETED.value:
+      done.setdefault((row["task"], row["method"]), []).append(row)
+  by_task: dict[str, list[_Row]] = {}
+  for task, method in grid.pairs():
+    if (task, method) in done:
+      by_task.setdefault(task, []).append(_Row(task, method, tuple(done[(task, method)])))
+  return by_task
+
+
+def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
+  """``(task, soft, hard rows)`` of every task with a soft reference (its first softmax row)
+  and REINFORCE rows."""
+  for task, rows in by_task.items():
+    soft = next((r for r in rows if r.kind == "soft"), None)
+    hard = [r for r in rows if r.kind == "rl"]
+    if soft is not None and hard:
+      yield task, soft, hard
+
+
+def _f(x: float | None, digits: int = 1, scale: float = 1.0) -> str:
+  return "n/a" if x is None else f"{scale * x:.{digits}f}"
+
+
+def _mechanism(by_task) -> tuple[str, list[str]]:
+  lines = []
+  for task, soft, rl in _soft_and_hard(by_task):
+    hard = rl[0]
+    lines.append(
+      f"- {task}: soft {soft.name()} puts weight on {_f(soft.mean('val/support_size'))}"
+      f" source positions per step (every unmasked one), entropy"
+      f" {_f(soft.mean(soft.entropy_key()), 2)} nats{' per head' if soft.multi_head else ''};"
+      f" hard {hard.name()} reads one position per step{' and head' if hard.multi_head else ''}"
+      f" (its sampled or argmax choice), from a distribution of entropy"
+      f" {_f(hard.mean(hard.entropy_key()), 2)} nats."
+    )
+  verdict = _HOLDS if lines else _UNMEASURED
+  return verdict, lines
+
+
+def _compare_training(soft: _Row, hard: _Row) -> int:
+  """-1 if ``hard`` trained slower than ``soft`` (fewer seeds solved; or later, or never, to
+  99% validation), 1 if faster, 0 if neither can be told (same solved count, same steps)."""
+  (soft_k, _), (hard_k, _) = soft.solved(), hard.solved()
+  if hard_k != soft_k:
+    return 1 if hard_k > soft_k else -1
+  soft_steps, hard_steps = soft.mean(_S99), hard.mean(_S99)
+  if soft_steps is None or hard_steps is None:
+    return 0 if soft_steps is None and hard_steps is None else (1 if soft_steps is None else -1)
+  return 0 if hard_steps == soft_steps else (1 if hard_steps < soft_steps else -1)
+
+
+def _training(by_task, probes: Sequence[str]) -> tuple[str, list[str]]:
+  lines, outcomes = [], []
+  probe = probes[0] if probes else None
+  for task, soft, rl in _soft_and_hard(by_task):
+    parts = []
+    for hard in rl:
+      outcomes.append(_compare_training(soft, hard))
+      var = f", gradient variance {_geo_mean(hard.runs, probe)} at step 1" if probe else ""
+      parts.append(f"{hard.name()} {hard.accuracy()}, {hard.steps()}{var}")
+    soft_var = f", gradient variance {_geo_mean(soft.runs, probe)}" if probe else ""
+    lines.append(
+      f"- {task}: soft {soft.name()} {soft.accuracy()}, {soft.steps()}{soft_var}; "
+      + "; ".join(parts)
+      + "."
+    )
+  if not lines:
+    return _UNMEASURED, lines
+  slower, faster = outcomes.count(-1), outcomes.count(1)
+  lines.append(
+    f"- Of {len(outcomes)} (task, REINFORCE row) pairs, hard attention trained slower than"
+    f" soft attention (fewer seeds solved, or later or never at 99% validation) in {slower},"
+    f" faster in {faster}, and could not be told apart in {len(outcomes) - slower - faster}."
+    " Soft gradients are exact (variance 0); REINFORCE's are estimates (variance above)."
+  )
+  if not slower and not faster:
+    return _UNMEASURED, lines
+  return (_HOLDS if not faster else _PARTLY if slower else _FAILS), lines
+
+
+def _cheaper_from(rows: Sequence[Mapping], key: str, at_least: float = 1.5) -> int | None:
+  cheaper = [r["length"] for r in rows if (r.get(key) or 0) >= at_least]
+  return min(cheaper) if cheaper else None
+
+
+def _cost(by_task, cost: Mapping | None, cost_source: str) -> tuple[str, list[str]]:
+  lines, inference_cheaper, training_dearer = [], False, False
+  if cost:
+    s = cost["settings"]
+    lines.append(
+      f"- Inference, one decoder step (`{_BENCH_COST_COMMAND}`, {cost_source}; batch"
+      f" {s['batch']}, key width D = {s['key_dim']}; soft/hard time, > 1: hard is cheaper):"
+    )
+    for value_dim in s["value_dims"]:
+      rows = sorted(
+        (r for r in cost["rows"] if r["value_dim"] == value_dim), key=lambda r: r["length"]
+      )
+      if not rows:
+        continue
+      first, last = rows[0], rows[-1]
+      start = _cheaper_from(rows, "time_ratio")
+      inference_cheaper |= start is not None
+      where = f"at least 1.5x faster from S = {start:,}" if start else "never 1.5x faster"
+      lines.append(
+        f"  - Dv = {value_dim}: soft/hard {_f(first['time_ratio'], 2)} at S = {first['length']:,},"
+        f" {_f(last['time_ratio'], 2)} at S = {last['length']:,} (work model"
+        f" {_f(last['model_ratio'], 1)}): hard is {where}. Memory the step allocates beyond"
+        f" K and V: soft/hard {_f(last['alloc_ratio'], 2)}. Training backward at S ="
+        f" {last['length']:,}: soft / REINFORCE through autodiff (dense value gradient)"
+        f" {_f(last['train_time_ratio_hard_dense'], 2)}, soft / the surrogate's own"
+        f" index-only backward {_f(last['train_time_ratio_hard_index'], 2)}."
+      )
+    lines.append(
+      "  - Why: the scores K·q are O(S·D) for both kinds and K and V are held for both (the"
+      " inputs); only the value aggregation shrinks, O(S·Dv) to O(Dv)."
+    )
+  else:
+    lines.append(
+      f"- Inference: no bench_cost.json found (run `{_BENCH_COST_COMMAND}`); not measured."
+    )
+  for task, soft, rl in _soft_and_hard(by_task):
+    parts = []
+    for hard in rl:
+      ratio = (hard.mean("ms_per_step") or 0) / (soft.mean("ms_per_step") or float("nan"))
+      training_dearer |= ratio > 1
+      parts.append(
+        f"{hard.name()} {_f(hard.mean('ms_per_step'))} ms/step ({_f(ratio, 2)}x soft),"
+        f" {_f(hard.mean('train_seconds'))} s of training"
+      )
+    lines.append(
+      f"- Training, {task}: soft {soft.name()} {_f(soft.mean('ms_per_step'))} ms/step,"
+      f" {_f(soft.mean('train_seconds'))} s of training (to convergence or the budget); "
+      + "; ".join(parts)
+      + "."
+    )
+  if not cost and not training_dearer:
+    return _UNMEASURED, lines
+  if inference_cheaper and not training_dearer:
+    verdict = _HOLDS
+  elif inference_cheaper:
+    verdict = _PARTLY
+  else:
+    verdict = _FAILS
+  return verdict, lines
+
+
+def _interpretability(by_task) -> tuple[str, list[str]]:
+  lines, sharper, aligned, pairs = [], 0, 0, 0
+  for task, soft, rl in _soft_and_hard(by_task):
+    soft_align, soft_entropy = soft.mean(soft.align_key()), soft.mean(soft.entropy_key())
+    if soft_align is None:
+      continue
+    parts = []
+    for hard in rl:
+      hard_align, hard_entropy = hard.mean(hard.align_key()), hard.mean(hard.entropy_key())
+      if hard_align is None:
+        continue
+      pairs += 1
+      sharper += (
+        hard_entropy is not None and soft_entropy is not None and hard_entropy < soft_entropy
+      )
+      aligned += hard_align >= soft_align
+      parts.append(
+        f"{hard.name()} alignment {_f(hard_align, 1, 100.0)}%, entropy {_f(hard_entropy, 2)}"
+      )
+    what = "best-head alignment" if soft.multi_head else "alignment"
+    lines.append(
+      f"- {task} ({what} on validation, entropy in nats{' per head' if soft.multi_head else ''}):"
+      f" soft {soft.name()} {_f(soft_align, 1, 100.0)}%, entropy {_f(soft_entropy, 2)}; "
+      + "; ".join(parts)
+      + "."
+    )
+  if not pairs:
+    return _UNMEASURED, lines
+  lines.append(
+    f"- Hard attention's distribution was sharper (lower entropy) than soft's in {sharper} of"
+    f" {pairs} pairs, and aligned at least as well in {aligned} of {pairs} (an entropy bonus"
+    " in training, where a method has one, keeps its entropy up; hard attention decodes by"
+    " the argmax). Where soft attention aligns as well, its argmax is as clear a focus point"
+    " as hard attention's."
+  )
+  verdict = _HOLDS if sharper == aligned == pairs else (_PARTLY if sharper or aligned else _FAILS)
+  return verdict, lines
+
+
+def _use_cases(by_task) -> tuple[str, list[str]]:
+  gaps = {}
+  for task, soft, rl in _soft_and_hard(by_task):
+    best = max(rl, key=lambda r: r.mean("test/seq_accuracy") or 0)
+    gaps[task] = (
+      best,
+      (best.mean("test/seq_accuracy") or 0) - (soft.mean("test/seq_accuracy") or 0),
+    )
+  lines = [
+    f"- {task}: best REINFORCE row {row.name()} minus soft: {_f(gap, 1, 100.0)} points of test"
+    " exact match."
+    for task, (row, gap) in gaps.items()
+  ]
+  if "localize" not in gaps or len(gaps) < 2:
+    lines.append("- The localization task is not in this sweep: the claim is not measured here.")
+    return _UNMEASURED, lines
+  others = [g for t, (_, g) in gaps.items() if t != "localize"]
+  local = gaps["localize"][1]
+  better = local >= max(others)
+  lines.append(
+    f"- On localization hard attention trails soft by {_f(-local, 1, 100.0)} points, against"
+    f" {_f(-max(others), 1, 100.0)} to {_f(-min(others), 1, 100.0)} on the sequence tasks: it is"
+    f" {'relatively best' if better else 'not relatively best'} on the task the table"
+    " gives it."
+  )
+  return (_HOLDS if better else _FAILS), lines
+
+
+def format_claims(
+  rows: Sequence[Mapping],
+  grid: Grid,
+  *,
+  cost: Mapping | None = None,
+  cost_source: str = "",
+  workdir: str = "DIR",
+) -> str:
+  """The text of ``claims.md``: the textbook table's five rows, each against the measurements.
+
+  Soft attention here is each task's first softmax row; hard attention the rows trained by
+  REINFORCE (``objective == "reinforce"``). Alignment and entropy are the multi-head
+  metrics (best head, mean over heads) where the runs have them.
+
+  Args:
+    rows: :func:`collect_results` rows.
+    grid: the sweep's grid (its ``command`` names how it was produced).
+    cost: ``experiments/bench_cost.py``'s report, or None.
+    cost_source: where ``cost`` was read, for the text.
+    workdir: the sweep directory, for the rebuild command.
+
+  Returns:
+    Markdown.
+  """
+  by_task = _rows_by_task(rows, grid)
+  produced = f"`{grid.command}`" if grid.command else f"the sweep in `{workdir}`"
+  sections = [
+    (
+      "Mechanism",
+      "soft attention takes a weighted average of every input; hard attention selects one.",
+      _mechanism(by_task),
+    ),
+    (
+      "Training",
+      "soft attention is differentiable and trains by backpropagation; hard attention is"
+      " not, and trains by reinforcement learning (REINFORCE), with noisier gradients.",
+      _training(by_task, probe_keys(rows)),
+    ),
+    (
+      "Computational cost",
+      "hard attention is cheaper (it focuses on the key inputs); soft attention costs more"
+      " (it processes the entire input).",
+      _cost(by_task, cost, cost_source),
+    ),
+    (
+      "Interpretability",
+      "hard attention is highly interpretable (clear focus points); soft attention less.",
+      _interpretability(by_task),
+    ),
+    (
+      "Use cases",
+      "hard attention for image captioning and object localization; soft attention for"
+      " translation and speech.",
+      _use_cases(by_task),
+    ),
+  ]
+  lines = [
+    "# Soft vs hard attention: the textbook table, measured",
+    "",
+    f"- Measured by {produced} (`table.md` and `results.csv` beside this file; rebuilt by"
+    f" `python -m experiments.table --workdir={workdir}`). Grid: {', '.join(grid.tasks)} ×"
+    f" {', '.join(grid.methods)} × seeds {', '.join(str(s) for s in grid.seeds)}.",
+    "- Soft: each task's first softmax row; hard: the rows trained by REINFORCE. 'Solved':"
+    f" test exact match at least {SOLVED_ACCURACY:.0%}. Hardware:"
+    f" {grid.hardware or 'not recorded'}.",
+    "",
+    "| row | textbook claim | verdict here |",
+    "|---|---|---|",
+    *(f"| {title} | {claim} | {verdict} |" for title, claim, (verdict, _) in sections),
+  ]
+  for title, claim, (verdict, details) in sections:
+    lines += ["", f"## {title}: {verdict}", "", f"Textbook: {claim}", "", *details]
+  return "\n".join(lines) + "\n"
+
+
+def read_bench_cost(workdir: str) -> tuple[dict | None, str]:
+  """``experiments/bench_cost.py``'s report: the sweep's ``bench_cost.json``, else the
+  repository's ``results/bench_cost.json``; ``(None, "")`` when neither is readable."""
+  for path in (os.path.join(workdir, rundir.BENCH_COST_FILE), REPO_BENCH_COST):
+    report = rundir.read_json(path)
+    if report is not None and "rows" in report and "settings" in report:
+      return report, os.path.relpath(path)
+  return None, ""
+
+
+def write_claims(workdir: str, rows: Sequence[Mapping], grid: Grid) -> str:
+  """Writes ``DIR/claims.md`` (:func:`format_claims`); returns its path."""
+  cost, source = read_bench_cost(workdir)
+  text = format_claims(rows, grid, cost=cost, cost_source=source, workdir=workdir)
+  return rundir.write_text(os.path.join(workdir, rundir.CLAIMS_FILE), text)

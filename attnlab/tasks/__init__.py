@@ -1,4 +1,4 @@
-"""Toy seq2seq tasks with gold alignments: copy, reverse, sort, recall, addition.
+"""Toy seq2seq tasks with gold alignments: copy, reverse, sort, recall, addition, localize.
 
 Pure numpy generators driven by an explicit ``numpy.random.Generator``; no files, no
 network. See :mod:`attnlab.tasks.base` for the :class:`Batch` contract and
@@ -6,7 +6,17 @@ network. See :mod:`attnlab.tasks.base` for the :class:`Batch` contract and
 """
 
 from attnlab.tasks.addition import AdditionTask, GoldOperand
-from attnlab.tasks.base import BOS, EOS, FIRST_SYMBOL, PAD, Batch, Task, decoder_inputs
+from attnlab.tasks.base import (
+  BOS,
+  EOS,
+  FIRST_SYMBOL,
+  PAD,
+  Batch,
+  Task,
+  decoder_inputs,
+  grid_coordinates,
+)
+from attnlab.tasks.localization import LocalizationTask
 from attnlab.tasks.recall import RecallTask
 from attnlab.tasks.registry import TASKS, get_task
 from attnlab.tasks.sequence import CopyTask, PermutationTask, ReverseTask, SortTask
@@ -22,6 +32,7 @@ __all__ = [
   "Batch",
   "CopyTask",
   "GoldOperand",
+  "LocalizationTask",
   "PermutationTask",
   "RecallTask",
   "ReverseTask",
@@ -30,4 +41,5 @@ __all__ = [
   "Task",
   "decoder_inputs",
   "get_task",
+  "grid_coordinates",
 ]

@@ -68,6 +68,27 @@ def decoder_inputs(targets_BxT):
   return xp.concatenate([bos_Bx1, targets_BxT[:, :-1]], axis=1)
 
 
+def grid_coordinates(length: int, grid_width: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """Row and column of positions ``0 .. length - 1`` of a grid flattened in reading order.
+
+  ``row = p // grid_width``, ``column = p % grid_width``; ``grid_width=None`` (a sequence) puts
+  every position in row 0 at column ``p``. The one formula that tasks and models share.
+
+  Args:
+    length: number of (padded) positions ``S``.
+    grid_width: columns ``W`` of the grid, or None.
+
+  Returns:
+    ``(rows [S], columns [S])`` int32 numpy arrays (static: models use them at trace time).
+  """
+  if grid_width is not None and (not isinstance(grid_width, (int, np.integer)) or grid_width < 1):
+    raise ValueError(f"grid_width must be a positive int or None, got {grid_width!r}.")
+  positions_S = np.arange(length, dtype=np.int32)
+  if grid_width is None:
+    return np.zeros_like(positions_S), positions_S
+  return positions_S // grid_width, positions_S % grid_width
+
+
 def check_range(field: str, value, *, minimum: int, maximum: int | None = None):
   """Validates an inclusive ``(low, high)`` size range and returns it as a tuple of ints."""
   pair = isinstance(value, (tuple, list)) and len(value) == 2
@@ -139,6 +160,18 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def _solve(self, inputs_BxS: np.ndarray, input_lengths_B: np.ndarray) -> Batch:
     """The batch (targets, gold alignment) of well-formed sources; no checks."""
+
+  def source_grid_width(self) -> int | None:
+    """Columns of the grid a source is flattened from, row by row; None for a sequence task."""
+    return None
+
+  def source_coordinates(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows [S], columns [S])`` of source positions ``0 .. width - 1``.
+
+    For 2-D position embeddings (``position_embedding="2d"`` of the models): a grid task's
+    cells in reading order; a sequence task is one row. See :func:`grid_coordinates`.
+    """
+    return grid_coordinates(width, self.source_grid_width())
 
   def _check_structure(  # noqa: B027 (an optional hook: the default accepts every source)
     self, inputs_BxS: np.ndarray, input_lengths_B: np.ndarray

@@ -6,11 +6,13 @@ import dataclasses
 
 from attnlab.tasks.addition import AdditionTask
 from attnlab.tasks.base import Task
+from attnlab.tasks.localization import LocalizationTask
 from attnlab.tasks.recall import RecallTask
 from attnlab.tasks.sequence import CopyTask, ReverseTask, SortTask
 
 TASKS: dict[str, type[Task]] = {
-  cls.name: cls for cls in (CopyTask, ReverseTask, SortTask, RecallTask, AdditionTask)
+  cls.name: cls
+  for cls in (CopyTask, ReverseTask, SortTask, RecallTask, AdditionTask, LocalizationTask)
 }
 
 
@@ -18,7 +20,7 @@ def get_task(name: str, **overrides) -> Task:
   """Builds the task ``name`` with its default parameters replaced by ``overrides``.
 
   Args:
-    name: one of ``TASKS`` ("copy", "reverse", "sort", "recall", "addition").
+    name: one of ``TASKS`` ("copy", "reverse", "sort", "recall", "addition", "localize").
     **overrides: dataclass fields of that task, e.g. ``train_lengths=(1, 8)``.
 
   Returns:

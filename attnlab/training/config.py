@@ -221,7 +221,8 @@ def _require(condition: bool, message: str) -> None:
 
 # Model fields the trainer derives from the rest of the config (never set directly).
 _DERIVED_MODEL_FIELDS = (
-    "vocab_size", "attention", "score", "learned_baseline", "posterior", "bos_id", "eos_id"
+    "vocab_size", "attention", "score", "learned_baseline", "posterior", "bos_id", "eos_id",
+    "grid_width",
 )  # fmt: skip
 
 
@@ -266,6 +267,12 @@ def _model_config(
   )
   if posterior:  # Only the RNN family has an inference network.
     kwargs["posterior"] = True
+  grid_width = task.source_grid_width()
+  _require(
+    kwargs.get("position_embedding") is not modules.PositionEmbedding.TWO_D or grid_width,
+    f"config.{section}.position_embedding='2d' needs a task whose sources are grids "
+    f"(e.g. 'localize'); task {task.name!r} is a sequence.",
+  )
   try:
     return config_cls[family](
       vocab_size=vocab_size,
@@ -274,6 +281,7 @@ def _model_config(
       learned_baseline=learned,
       bos_id=tasks.BOS,
       eos_id=tasks.EOS,
+      grid_width=grid_width or 0,
       **kwargs,
     )
   except (TypeError, ValueError) as e:

@@ -100,6 +100,9 @@ LEARNING_CURVE_FILE = "learning_curve.png"
 GRID_FILE = "grid.json"
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
+CLAIMS_FILE = "claims.md"  # The textbook soft-vs-hard table's rows, measured (sweep.table).
+# experiments/bench_cost.py's JSON, read by claims.md when present in the sweep directory.
+BENCH_COST_FILE = "bench_cost.json"
 PLOTS_DIR = "plots"
 ERROR_FILE = "error.txt"
 SPEEDUP_FILE = "speedup.json"

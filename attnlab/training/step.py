@@ -372,6 +372,9 @@ class Program:
         "attention_entropy": metrics.attention_entropy(weights, mask),
         "support_size": metrics.support_size(weights, mask),
       }
+      if out.attention.head_weights is not None:  # Multi-head: every layer's and head's.
+        head_weights = part(out.attention.head_weights)
+        averages.update(metrics.multi_head_alignment(head_weights, b.alignment, mask))
       results.update({f"{split}/{k}": v.value for k, v in averages.items()})
     return results
 

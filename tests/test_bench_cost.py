@@ -1,0 +1,60 @@
+"""experiments/bench_cost.py at toy sizes: it times the right computations (no timing checks)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import bench_cost
+
+_TOY = bench_cost.Settings(
+  lengths=(8, 32), value_dims=(4, 16), key_dim=4, batch=2, rounds=1, reps=1
+)
+
+
+def test_functions_compute_soft_and_hard_attention_and_their_gradients():
+  q, k, v, cot, adv, key = bench_cost._inputs(2, 8, 4, 3)
+  fns = {name: jax.jit(fn) for name, fn in bench_cost._functions().items()}
+  scores_BxS = jnp.einsum("bd,bsd->bs", q, k) / 2.0  # scaled dot, sqrt(D) = 2
+  weights_BxS = jax.nn.softmax(scores_BxS, axis=-1)
+  np.testing.assert_allclose(
+    fns["soft"](q, k, v, cot, adv, key), jnp.einsum("bs,bsv->bv", weights_BxS, v), rtol=1e-5
+  )
+  chosen_B = jnp.argmax(scores_BxS, axis=-1)
+  np.testing.assert_array_equal(fns["hard"](q, k, v, cot, adv, key), v[jnp.arange(2), chosen_B])
+  # Training: soft gives a dense value gradient; the dense REINFORCE one is zero but one
+  # row per example; the index-only backward returns the [B, Dv] cotangent and the same
+  # score gradients as the dense one.
+  _, _, dv_soft = fns["soft_train"](q, k, v, cot, adv, key)
+  np.testing.assert_allclose(dv_soft, weights_BxS[:, :, None] * cot[:, None, :], rtol=1e-5)
+  dq, dk, dv_dense = fns["hard_dense_train"](q, k, v, cot, adv, key)
+  assert np.all(np.sum(np.any(dv_dense != 0, axis=-1), axis=-1) == 1)
+  dq_index, dk_index, dv_row = fns["hard_index_train"](q, k, v, cot, adv, key)
+  assert dv_row.shape == cot.shape
+  np.testing.assert_array_equal(dv_row, cot)
+  np.testing.assert_allclose(dq_index, dq, rtol=1e-5)
+  np.testing.assert_allclose(dk_index, dk, rtol=1e-5)
+  np.testing.assert_allclose(np.sum(dv_dense, axis=1), cot, rtol=1e-6)  # the chosen row
+
+
+def test_run_benchmark_rows_ratios_and_markdown(tmp_path):
+  settings = bench_cost.Settings(
+    **{**_TOY.__dict__, "max_value_gib": 32 * 16 * 2 * 4 / 2**30 - 1e-9}
+  )
+  report = bench_cost.run_benchmark(settings, log=lambda s: None)
+  assert [(r["length"], r["value_dim"]) for r in report["rows"]] == [(8, 4), (32, 4), (8, 16)]
+  assert report["skipped"] == [dict(length=32, value_dim=16, value_gib=32 * 16 * 2 * 4 / 2**30)]
+  for row in report["rows"]:
+    for name in (*bench_cost.INFERENCE, *bench_cost.TRAINING):
+      assert math.isfinite(row[name]["ms"]) and row[name]["ms"] > 0
+    assert row["time_ratio"] == row["soft"]["ms"] / row["hard"]["ms"]
+    assert row["model_ratio"] == bench_cost.model_ratio(row["length"], 4, row["value_dim"])
+    # Soft training outputs the [B, S, Dv] value gradient; the index-only backward does not.
+    if row["soft_train"]["output_bytes"] is not None:
+      assert row["soft_train"]["output_bytes"] >= 4 * 2 * row["length"] * row["value_dim"]
+      assert row["hard_index_train"]["output_bytes"] < row["soft_train"]["output_bytes"]
+  json_path, md_path = bench_cost.write_report(report, str(tmp_path / "cost"))
+  text = open(md_path).read()
+  assert "| 32 | 4 |" in text and "Skipped" in text and "## Where hard attention is cheaper" in text
+  assert bench_cost.model_ratio(4, 64, 64) < 2 < bench_cost.model_ratio(65536, 64, 64) + 1e-3
