@@ -313,16 +313,19 @@ def write_report(report: dict[str, Any], prefix: str) -> tuple[str, str]:
   return json_path, md_path
 
 
-_LENGTHS = flags.DEFINE_list("lengths", None, "Source lengths S (default 64 ... 65536, x4).")
-_VALUE_DIMS = flags.DEFINE_list("value_dims", None, "Value widths Dv (default 64,512,4096).")
-_KEY_DIM = flags.DEFINE_integer("key_dim", Settings.key_dim, "Query/key width D.")
-_BATCH = flags.DEFINE_integer("batch", Settings.batch, "Examples (one query each).")
-_ROUNDS = flags.DEFINE_integer("rounds", Settings.rounds, "Interleaved timing rounds.")
-_REPS = flags.DEFINE_integer("reps", Settings.reps, "Calls of every function per round.")
-_MAX_VALUE_GIB = flags.DEFINE_float(
-  "max_value_gib", Settings.max_value_gib, "Skip cases whose values [B, S, Dv] exceed this."
-)
-_OUT = flags.DEFINE_string("out", "results/bench_cost", "Writes PREFIX.json and PREFIX.md.")
+def _define_flags() -> None:
+  """The script's flags, defined only when it runs as a script (tests import the module,
+  and absl's flags are global: two scripts' ``--out`` would clash)."""
+  flags.DEFINE_list("lengths", None, "Source lengths S (default 64 ... 65536, x4).")
+  flags.DEFINE_list("value_dims", None, "Value widths Dv (default 64,512,4096).")
+  flags.DEFINE_integer("key_dim", Settings.key_dim, "Query/key width D.")
+  flags.DEFINE_integer("batch", Settings.batch, "Examples (one query each).")
+  flags.DEFINE_integer("rounds", Settings.rounds, "Interleaved timing rounds.")
+  flags.DEFINE_integer("reps", Settings.reps, "Calls of every function per round.")
+  flags.DEFINE_float(
+    "max_value_gib", Settings.max_value_gib, "Skip cases whose values [B, S, Dv] exceed this."
+  )
+  flags.DEFINE_string("out", "results/bench_cost", "Writes PREFIX.json and PREFIX.md.")
 
 
 def _ints(values: Sequence[str] | None, default: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -341,20 +344,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   settings = Settings(
-    lengths=_ints(_LENGTHS.value, Settings.lengths, "lengths"),
-    value_dims=_ints(_VALUE_DIMS.value, Settings.value_dims, "value_dims"),
-    key_dim=_KEY_DIM.value,
-    batch=_BATCH.value,
-    rounds=_ROUNDS.value,
-    reps=_REPS.value,
-    max_value_gib=_MAX_VALUE_GIB.value,
+    lengths=_ints(flags.FLAGS.lengths, Settings.lengths, "lengths"),
+    value_dims=_ints(flags.FLAGS.value_dims, Settings.value_dims, "value_dims"),
+    key_dim=flags.FLAGS.key_dim,
+    batch=flags.FLAGS.batch,
+    rounds=flags.FLAGS.rounds,
+    reps=flags.FLAGS.reps,
+    max_value_gib=flags.FLAGS.max_value_gib,
   )
   report = run_benchmark(settings)
   for line in findings(report):
     print(line)
-  for path in write_report(report, _OUT.value):
+  for path in write_report(report, flags.FLAGS.out):
     print(path)
 
 
 if __name__ == "__main__":
+  _define_flags()
   cli.run(main)

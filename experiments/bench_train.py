@@ -541,56 +541,58 @@ def to_markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-_SUITE = flags.DEFINE_enum(
-  "suite",
-  "step",
-  ["step", "seeds"],
-  "step: every case's step time, hard vs soft, compile ratios; seeds: vmapped seeds vs the "
-  "same seeds one after another (--seed_counts).",
-)
-_SEED_COUNTS = flags.DEFINE_list(
-  "seed_counts", [str(n) for n in SEED_COUNTS], "Seed counts of --suite=seeds."
-)
-_CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run; valid: {list(CASES)}.")
-_LENGTHS = flags.DEFINE_list("lengths", ["12", "48"], "Maximum source lengths L.")
-_PRESET = flags.DEFINE_enum("preset", "default", list(PRESETS), "Model sizes: configs/default.py.")
-_BATCH = flags.DEFINE_integer("batch", None, "Batch size (default: the preset's batch_size).")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped together in the step.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.")
-_BLOCKS = flags.DEFINE_integer("blocks", 5, "Timed blocks per case (median reported).")
-_STEPS_PER_BLOCK = flags.DEFINE_integer("steps_per_block", 10, "Steps per timed block.")
-_OUT = flags.DEFINE_string("out", "results/bench_train", "Writes PREFIX.json and PREFIX.md.")
+def _define_flags() -> None:
+  """The script's flags, defined only when it runs as a script (tests import the module,
+  and absl's flags are global: two scripts' ``--out`` would clash)."""
+  flags.DEFINE_enum(
+    "suite",
+    "step",
+    ["step", "seeds"],
+    "step: every case's step time, hard vs soft, compile ratios; seeds: vmapped seeds vs the "
+    "same seeds one after another (--seed_counts).",
+  )
+  flags.DEFINE_list("seed_counts", [str(n) for n in SEED_COUNTS], "Seed counts of --suite=seeds.")
+  flags.DEFINE_list("cases", list(CASES), f"Cases to run; valid: {list(CASES)}.")
+  flags.DEFINE_list("lengths", ["12", "48"], "Maximum source lengths L.")
+  flags.DEFINE_enum("preset", "default", list(PRESETS), "Model sizes: configs/default.py.")
+  flags.DEFINE_integer("batch", None, "Batch size (default: the preset's batch_size).")
+  flags.DEFINE_integer("num_seeds", 1, "Seeds vmapped together in the step.")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.")
+  flags.DEFINE_integer("blocks", 5, "Timed blocks per case (median reported).")
+  flags.DEFINE_integer("steps_per_block", 10, "Steps per timed block.")
+  flags.DEFINE_string("out", "results/bench_train", "Writes PREFIX.json and PREFIX.md.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   settings = Settings(
-    batch_size=_BATCH.value or default_config.get_config(_PRESET.value).batch_size,
-    preset=_PRESET.value,
-    num_seeds=_NUM_SEEDS.value,
-    warmup=_WARMUP.value,
-    blocks=_BLOCKS.value,
-    steps_per_block=_STEPS_PER_BLOCK.value,
+    batch_size=flags.FLAGS.batch or default_config.get_config(flags.FLAGS.preset).batch_size,
+    preset=flags.FLAGS.preset,
+    num_seeds=flags.FLAGS.num_seeds,
+    warmup=flags.FLAGS.warmup,
+    blocks=flags.FLAGS.blocks,
+    steps_per_block=flags.FLAGS.steps_per_block,
   )
-  print(f"load average {os.getloadavg()}, {os.cpu_count()} cores, cases {_CASES.value}")
-  lengths = [int(x) for x in _LENGTHS.value]
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} cores, cases {flags.FLAGS.cases}")
+  lengths = [int(x) for x in flags.FLAGS.lengths]
   log = lambda s: print(s, flush=True)
-  if _SUITE.value == "seeds":
-    seed_counts = [int(x) for x in _SEED_COUNTS.value]
-    report = run_seed_scaling(_CASES.value, lengths, seed_counts, settings, log=log)
+  if flags.FLAGS.suite == "seeds":
+    seed_counts = [int(x) for x in flags.FLAGS.seed_counts]
+    report = run_seed_scaling(flags.FLAGS.cases, lengths, seed_counts, settings, log=log)
     text = seeds_to_markdown(report)
   else:
-    report = run_benchmark(_CASES.value, lengths, settings, log=log)
+    report = run_benchmark(flags.FLAGS.cases, lengths, settings, log=log)
     text = to_markdown(report)
   print(text)
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value + ".json", "w") as f:
+  os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
+  with open(flags.FLAGS.out + ".json", "w") as f:
     json.dump(report, f, indent=1)
-  with open(_OUT.value + ".md", "w") as f:
+  with open(flags.FLAGS.out + ".md", "w") as f:
     f.write(text)
-  print(f"wrote {_OUT.value}.json and {_OUT.value}.md")
+  print(f"wrote {flags.FLAGS.out}.json and {flags.FLAGS.out}.md")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

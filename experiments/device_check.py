@@ -41,10 +41,26 @@ import time
 
 from absl import app, flags
 
-_OUT = flags.DEFINE_string("out", "results/device_check", "Output directory.")
-_DRY_RUN = flags.DEFINE_bool(
-  "dry_run", False, "CPU plumbing check: every step, shrunk to seconds (no GPU needed)."
-)
+
+def _define_flags() -> None:
+  """The script's flags, defined only when it runs as a script (tests import the module,
+  and absl's flags are global: two scripts' ``--out`` would clash)."""
+  flags.DEFINE_string("out", "results/device_check", "Output directory.")
+  flags.DEFINE_bool(
+    "dry_run", False, "CPU plumbing check: every step, shrunk to seconds (no GPU needed)."
+  )
+  flags.DEFINE_float(
+    "budget_s",
+    sum(LIMITS_S.values()),
+    f"Wall-clock budget of all steps (at most {MAX_BUDGET_S:.0f} s); a step gets min(its "
+    "limit, what is left).",
+  )
+  flags.DEFINE_integer("test_workers", 8, "pytest-xdist workers of the tests step.")
+  flags.DEFINE_list(
+    "steps", ["card", "tests", "attention", "train", "compare"], "Steps to run, in order."
+  )
+
+
 # Seconds: the steps' time limits add up to the budget, and the budget leaves the 8 minutes of
 # one device check room for start-up and the report.
 MAX_BUDGET_S = 480.0
@@ -64,17 +80,6 @@ GPU_TESTS = (
   "tests/test_numerics.py",
   "tests/test_training_loop.py",
   "tests/test_sweep_workers.py",
-)
-
-_BUDGET_S = flags.DEFINE_float(
-  "budget_s",
-  sum(LIMITS_S.values()),
-  f"Wall-clock budget of all steps (at most {MAX_BUDGET_S:.0f} s); a step gets min(its "
-  "limit, what is left).",
-)
-_TEST_WORKERS = flags.DEFINE_integer("test_workers", 8, "pytest-xdist workers of the tests step.")
-_STEPS = flags.DEFINE_list(
-  "steps", ["card", "tests", "attention", "train", "compare"], "Steps to run, in order."
 )
 
 
@@ -192,7 +197,7 @@ def _steps(out: str, dry_run: bool, workers: int) -> list[Step]:
 
 def _run(step: Step, limit_s: float, log) -> None:
   env = dict(os.environ, **step.env)
-  if _DRY_RUN.value:
+  if flags.FLAGS.dry_run:
     env["JAX_PLATFORMS"] = "cpu"
   start = time.perf_counter()
   log(f"[{step.name}] {' '.join(step.command)[:200]} (limit {limit_s:.0f} s)")
@@ -236,11 +241,15 @@ def _summary_line(step: Step) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  out = _OUT.value
+  out = flags.FLAGS.out
   os.makedirs(out, exist_ok=True)
-  check_budget(DRY_RUN_LIMITS_S if _DRY_RUN.value else LIMITS_S, _BUDGET_S.value)
-  steps = [s for s in _steps(out, _DRY_RUN.value, _TEST_WORKERS.value) if s.name in _STEPS.value]
-  deadline = time.perf_counter() + _BUDGET_S.value
+  check_budget(DRY_RUN_LIMITS_S if flags.FLAGS.dry_run else LIMITS_S, flags.FLAGS.budget_s)
+  steps = [
+    s
+    for s in _steps(out, flags.FLAGS.dry_run, flags.FLAGS.test_workers)
+    if s.name in flags.FLAGS.steps
+  ]
+  deadline = time.perf_counter() + flags.FLAGS.budget_s
   started = time.strftime("%Y-%m-%d %H:%M:%S")
   for step in steps:
     left = deadline - time.perf_counter()
@@ -252,8 +261,8 @@ def main(argv):
   total = sum(s.seconds for s in steps)
   title = card.get("device_kind", "unknown device")
   lines = [f"# Device check: {title} ({card.get('backend', '?')})", "",
-           f"{started}; {'CPU dry run; ' if _DRY_RUN.value else ''}total {total:.0f} s of a "
-           f"{_BUDGET_S.value:.0f} s budget; load average {os.getloadavg()[0]:.2f}.", "",
+           f"{started}; {'CPU dry run; ' if flags.FLAGS.dry_run else ''}total {total:.0f} s of a "
+           f"{flags.FLAGS.budget_s:.0f} s budget; load average {os.getloadavg()[0]:.2f}.", "",
            "| step | status | seconds | summary |", "|---|---|--:|---|"]  # fmt: skip
   for s in steps:
     summary = _summary_line(s).replace("|", "/")
@@ -270,11 +279,12 @@ def main(argv):
   with open(os.path.join(out, "device_check.md"), "w") as f:
     f.write(text)
   with open(os.path.join(out, "device_check.json"), "w") as f:
-    json.dump(dict(card=card, dry_run=_DRY_RUN.value, started=started,
+    json.dump(dict(card=card, dry_run=flags.FLAGS.dry_run, started=started,
                    steps=[dataclasses.asdict(s) for s in steps]), f, indent=1)  # fmt: skip
   print(text)
   print(f"wrote {out}/device_check.md and device_check.json")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

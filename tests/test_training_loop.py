@@ -431,3 +431,21 @@ def test_the_donated_step_equals_an_undonated_one_bitwise():
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     else:
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "estimator",
+  [
+    {"estimator.posterior": "inference_network", "estimator.baseline": "rloo"},
+    {"estimator.gradient": "vimco", "estimator.baseline": "none"},
+  ],
+  ids=["variational_reinforce", "vimco"],
+)
+def test_sampled_latent_objectives_are_probed(estimator, tmp_path):
+  # Their gradients come from sampled alignments like REINFORCE's: the probe must measure
+  # them (a deterministic objective would get no probe and report variance 0).
+  steps = {"steps": 2, "eval_every": 2, "checkpoint_every": 2}
+  config = _config(**estimator, **steps, **{"estimator.num_samples": 4})
+  loop.train_and_evaluate(config, str(tmp_path))
+  row = rundir.read_metrics(str(tmp_path))[0]
+  assert row["grad/variance"] > 0 and 0.0 < row["grad/cosine"] <= 1.0 + 1e-6

@@ -74,11 +74,8 @@ class Progress:
 
 
 def _stochastic_gradient(run: config_lib.RunConfig) -> bool:
-  """Whether the training gradient is random (REINFORCE samples, Gumbel noise)."""
-  return (
-    run.objective.objective is objectives.Objective.REINFORCE
-    or run.attention is modules.AttentionKind.GUMBEL
-  )
+  """Whether the training gradient is random (sampled alignments, Gumbel noise)."""
+  return run.objective.sampled or run.attention is modules.AttentionKind.GUMBEL
 
 
 def _seed_config_dict(config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:

@@ -139,6 +139,15 @@ class ObjectiveConfig:
     )
 
   @property
+  def sampled(self) -> bool:
+    """Whether the gradient is estimated from sampled alignments (so it has a variance)."""
+    return self.objective in (
+      Objective.REINFORCE,
+      Objective.VARIATIONAL_REINFORCE,
+      Objective.VIMCO,
+    )
+
+  @property
   def latent(self) -> bool:
     """Whether the objective scores alignments under decoder states that ignore them."""
     return self.needs_enumeration or self.objective in (
