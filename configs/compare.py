@@ -15,9 +15,10 @@ Run (resumable: rerun the same command to finish an interrupted sweep)::
   python -m experiments.table --workdir=runs/compare
 
 Presets (``arg`` = ``preset[:method,method,...]``):
-  default  5 tasks × 9 methods × 3 seeds, each run until it converges (every validation
-           sequence right, configs/default.py's stop rule) or its task's step budget; 18-20
-           min on a 2-core CPU, install included.
+  default  5 tasks × 11 methods × 3 seeds (48 groups: the REINFORCE, Gumbel and variational
+           rows skip addition, `config.skip`), each run until it converges (every validation
+           sequence right, configs/default.py's stop rule) or its task's step budget; 34 min on
+           a 2-core CPU, install included (docs/results.md).
   ablation copy and reverse × hard attention with each part of the default architecture
            changed (position-embedded values, no length embedding, expected-context
            feedback) × 3 seeds: what each part does (about 10 min on a 2-core CPU).
