@@ -51,7 +51,7 @@ def _define_flags() -> None:
   )
   flags.DEFINE_float(
     "budget_s",
-    sum(LIMITS_S.values()),
+    DEFAULT_BUDGET_S,
     f"Wall-clock budget of all steps (at most {MAX_BUDGET_S:.0f} s); a step gets min(its "
     "limit, what is left).",
   )
@@ -66,6 +66,7 @@ def _define_flags() -> None:
 MAX_BUDGET_S = 480.0
 LIMITS_S = dict(card=30, tests=170, attention=70, train=60, compare=140)
 DRY_RUN_LIMITS_S = dict(card=30, tests=60, attention=90, train=110, compare=180)
+DEFAULT_BUDGET_S = float(sum(LIMITS_S.values()))  # --budget_s's default.
 # The tests that say something about an accelerator: float32 numerics at tight tolerances
 # (their matmul precision is set in tests/conftest.py), attention and its dispatch, the
 # training loop (donation, NaN guard, resume), the sweep workers' environments.

@@ -1,7 +1,7 @@
 """experiments/device_check.py in its CPU dry mode: every step runs, shrunk, and reports.
 
-Run as a subprocess (as on the device machine): importing it here would define its absl flags
-next to other experiments' (``--out``) in one process.
+Run as a subprocess, as on the device machine (the budget checks below import the module: its
+flags are defined only when it runs as a script).
 """
 
 import json
@@ -41,10 +41,10 @@ def test_dry_run_runs_every_step_and_writes_its_tables(tmp_path):
 _BUDGETS = """
 from experiments import device_check as d
 for limits in (d.LIMITS_S, d.DRY_RUN_LIMITS_S):
-  assert sum(limits.values()) <= d._BUDGET_S.default <= d.MAX_BUDGET_S <= 8 * 60, limits
-  d.check_budget(limits, d._BUDGET_S.default)
+  assert sum(limits.values()) <= d.DEFAULT_BUDGET_S <= d.MAX_BUDGET_S <= 8 * 60, limits
+  d.check_budget(limits, d.DEFAULT_BUDGET_S)
 try:
-  d.check_budget(dict(d.LIMITS_S, tests=d.LIMITS_S["tests"] + 1), d._BUDGET_S.default)
+  d.check_budget(dict(d.LIMITS_S, tests=d.LIMITS_S["tests"] + 1), d.DEFAULT_BUDGET_S)
 except ValueError as e:
   print("refused:", e)
 assert set(d.LIMITS_S) == set(d.DRY_RUN_LIMITS_S) == {s.name for s in d._steps("o", False, 8)}
