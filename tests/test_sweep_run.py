@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
 from attnlab.sweep import plan, run, table, workers
@@ -75,13 +76,11 @@ def _csv_rows(workdir):
 def test_smoke_grid_writes_results_table_and_plots(tmp_path):
   fake = FakeTrain()
   report, lines = _run(_smoke(), tmp_path, fake, command="python -m experiments.compare x")
-  # Seeds of a group are trained together, in one call.
+  # The presets train a group's seeds one after another (vmap_seeds=False): a call each.
   assert fake.calls == [
-    ("copy", "soft", (0, 1)),
-    ("copy", "hard", (0, 1)),
-    ("reverse", "soft", (0, 1)),
-    ("reverse", "hard", (0, 1)),
-  ]
+    (task, kind, (seed,)) for task in ("copy", "reverse") for kind in ("soft", "hard")
+    for seed in (0, 1)
+  ]  # fmt: skip
   rows = _csv_rows(tmp_path)
   assert [(r["task"], r["method"], r["seed"], r["status"]) for r in rows] == [
     (t, m, str(s), "completed")
@@ -120,14 +119,30 @@ def test_smoke_grid_writes_results_table_and_plots(tmp_path):
     assert "Measured by `python -m experiments.compare x`" in f.read()
 
 
+def test_vmapped_seeds_of_a_group_train_in_one_call(tmp_path):
+  config = _smoke()
+  config.vmap_seeds = True
+  fake = FakeTrain()
+  _run(config, tmp_path, fake, with_plots=False)
+  assert fake.calls == [
+    (task, kind, (0, 1)) for task in ("copy", "reverse") for kind in ("soft", "hard")
+  ]
+  # Not a bool (a config built as a dict; a ConfigDict override is type-checked already):
+  # refused before anything trains.
+  config = ml_collections.ConfigDict({**config.to_dict(), "vmap_seeds": 1})
+  with pytest.raises(ValueError, match="vmap_seeds=1 must be True or False"):
+    _run(config, tmp_path / "other", FakeTrain())
+
+
 def test_groups_with_longer_budgets_train_first_and_the_table_keeps_its_order(tmp_path):
   config = _smoke()
   config.task_overrides = {"reverse": {"steps": 9}}  # Longer than copy's smoke budget.
   fake = FakeTrain()
   report, _ = _run(config, tmp_path, fake)
-  assert [call[:2] for call in fake.calls] == [
+  assert [call[:2] for call in fake.calls][::2] == [
     ("reverse", "soft"), ("reverse", "hard"), ("copy", "soft"), ("copy", "hard")
   ]  # fmt: skip
+  # (A call per seed: every second one.)
   assert [(g.task, g.method) for g in report.groups] == [
     ("copy", "soft_additive"), ("copy", "reinforce_ema"),
     ("reverse", "soft_additive"), ("reverse", "reinforce_ema"),
@@ -160,7 +175,8 @@ def test_failing_group_is_reported_and_the_rest_still_runs(tmp_path):
   config = _smoke()
   fake = FakeTrain(fail_on={"copy"})
   report, lines = _run(config, tmp_path, fake, with_plots=False)
-  assert len(fake.calls) == 4  # the reverse groups ran after both copy groups failed.
+  # A call per seed: each copy group failed at its first seed, then both reverse groups ran.
+  assert len(fake.calls) == 6 and [c[0] for c in fake.calls[2:]] == ["reverse"] * 4
   assert [(g.task, g.method) for g in report.failed] == [
     ("copy", "soft_additive"),
     ("copy", "reinforce_ema"),
@@ -394,7 +410,7 @@ def test_rerun_with_a_changed_config_retrains_and_sets_the_old_runs_aside(tmp_pa
   changed.base.optimizer.learning_rate = 0.5
   fake = FakeTrain()
   report, lines = _run(changed, tmp_path, fake, with_plots=False)
-  assert len(fake.calls) == 4 and {g.status for g in report.groups} == {"completed"}
+  assert len(fake.calls) == 8 and {g.status for g in report.groups} == {"completed"}
   stale_lines = [line for line in lines if "config changed" in line]
   assert stale_lines[0] == (
     "copy/soft_additive: config changed (optimizer.learning_rate: 0.003 in the run, 0.5 now); "

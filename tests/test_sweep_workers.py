@@ -49,11 +49,39 @@ def test_assign_devices_rejects_bad_counts():
     workers.assign_devices(0, 0, 1)
 
 
-def test_cpu_workers_and_a_single_worker_get_nothing():
-  assert _all("cpu", 1, 2) == [{}, {}]
+def test_a_single_worker_and_cpu_workers_without_cores_get_nothing():
+  assert _all("cpu", 1, 2) == [{}, {}]  # No cores named: nothing to pin.
   assert _all("cpu", 4, 3) == [{}, {}, {}]
   assert _all("cuda", 8, 1) == [{}]  # One worker trains in the sweep process, as it is.
   assert _all("tpu", 4, 1) == [{}]
+
+
+def _pinned(cpus, num_workers):
+  return [
+    workers.worker_environment("cpu", 1, i, num_workers, {}, cpus).get(workers.WORKER_CPUS)
+    for i in range(num_workers)
+  ]
+
+
+def test_cpu_workers_are_pinned_to_their_own_blocks_of_the_sweeps_cores():
+  assert _pinned([0, 1], 2) == ["0", "1"]  # The 2-core CI machine: a core each.
+  assert _pinned([3, 0, 1, 2, 4], 2) == ["0,1,2", "3,4"]  # Sorted, near-equal blocks.
+  assert _pinned([4, 6], 2) == ["4", "6"]  # Only the cores the sweep may use (taskset).
+  assert _pinned([0, 1], 3) == [None, None, None]  # Fewer cores than workers: the OS shares.
+  assert _pinned([0, 1], 1) == [None]
+  assert workers.worker_cpus(range(16), 3, 4) == tuple(range(12, 16))
+
+
+def test_pin_to_cpus_restricts_the_process_and_its_later_threads():
+  code = (
+    "import os, threading; from attnlab.sweep import workers; workers.pin_to_cpus('0');"
+    " seen = []; t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)));"
+    " t.start(); t.join(); print(sorted(os.sched_getaffinity(0)), sorted(seen[0]))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, check=True
+  ).stdout
+  assert out.split() == ["[0]", "[0]"]
 
 
 def test_one_gpu_two_workers_share_it_without_preallocation_and_half_the_memory_each():
@@ -122,7 +150,7 @@ def test_platform_names_from_devices():
   assert workers.platform_of("cpu", "cpu") == "cpu"
 
 
-def test_worker_environments_and_their_line_for_a_declared_machine():
+def test_worker_environments_and_their_line_for_a_declared_machine(monkeypatch):
   h100 = workers.Machine("cuda", 1, 1, "NVIDIA H100 80GB HBM3", backend="gpu")
   envs = workers.worker_environments(h100, 2, {})
   assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "0"]
@@ -142,6 +170,12 @@ def test_worker_environments_and_their_line_for_a_declared_machine():
     "process; it trains in the sweep process"
   )
   cpu = workers.Machine("cpu", 1, 1, "cpu")
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+  assert workers.describe_workers(cpu, 2, workers.worker_environments(cpu, 2, {})) == (
+    "2 worker process(es) on 1 cpu device(s) (cpu); worker 0: ATTNLAB_WORKER_CPUS=0,1;"
+    " worker 1: ATTNLAB_WORKER_CPUS=2,3"
+  )
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
   assert workers.describe_workers(cpu, 2, workers.worker_environments(cpu, 2, {})) is None
   unknown = workers.Machine("unknown", 0, 0, "", problem="the device probe failed: x")
   assert workers.worker_environments(unknown, 2, {}) == [{}, {}]

@@ -55,7 +55,8 @@ def _trained(changes: dict, steps: int):
 )
 def test_teacher_forced_exact_match_equals_greedy_decoding(changes, steps):
   run, compiled, state = _trained(changes, steps)
-  data = compiled.final_data  # val, test and OOD in one padded batch
+  train = run.train  # val, test and OOD in one padded batch
+  data = step_lib.eval_data(run.task, train.eval_size, train.eval_seed, step_lib.EVAL_SPLITS)
 
   def evaluate(greedy):
     fn = lambda p, k: compiled.program.evaluate(p, data, k, greedy=greedy)

@@ -32,6 +32,12 @@ class Group:
       by the trainer from ``seeds``.
     stale: ``(seed, how its config differs)`` for every seed whose run directory holds a run
       (finished or not) of a different config: it is set aside and trained afresh.
+    vmapped: the pending seeds train together in one seed-vmapped program (``True``) or one
+      after another, each in its own one-seed program (``False``; the comparison config's
+      ``vmap_seeds``). Each seed sees the same data and keys either way (the streams
+      depend on the seed only); the numbers agree up to float32 summation order, which
+      the vmapped batch changes (enough to flip a bimodal outcome: docs/results.md,
+      *Robustness*).
   """
 
   task: str
@@ -40,6 +46,7 @@ class Group:
   pending: tuple[int, ...]
   config: ml_collections.ConfigDict
   stale: tuple[tuple[int, str], ...] = ()
+  vmapped: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +170,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
   grid = grid_of(config)
   if not isinstance(config.num_workers, int) or config.num_workers < 1:
     raise ValueError(f"config.num_workers={config.num_workers!r} must be an int >= 1.")
+  if not isinstance(config.vmap_seeds, bool):
+    raise ValueError(f"config.vmap_seeds={config.vmap_seeds!r} must be True or False.")
   from attnlab import tasks as tasks_lib  # Deferred, as in grid_of.
 
   # Overrides of tasks outside this grid are unused (--config.tasks=copy keeps the preset's).
@@ -183,7 +192,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, *, validate: bool = Tr
       for s in grid.seeds
       if s in stale_seeds or not rundir.is_finished(rundir.run_dir(workdir, task, method, s))
     )
-    groups.append(Group(task, method, grid.seeds, pending, run, stale))
+    groups.append(Group(task, method, grid.seeds, pending, run, stale, config.vmap_seeds))
   return groups
 
 

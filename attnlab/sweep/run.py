@@ -1,8 +1,9 @@
 """Running a comparison sweep: tasks × methods × seeds, resumable and failure-isolated.
 
 :func:`run_comparison` trains every (task, method) *group* planned by
-:func:`attnlab.sweep.plan.plan`, all its seeds together in one vmapped program
-(``attnlab.training.loop.train_seeds``), each seed into its own run directory
+:func:`attnlab.sweep.plan.plan`, its seeds together in one vmapped program or one after
+another (``vmap_seeds``; ``attnlab.training.loop.train_seeds``), each seed into its own run
+directory
 ``DIR/<task>/<method>/seed_<n>/`` (layout in :mod:`attnlab.training.rundir`), then writes
 ``DIR/results.csv``, ``DIR/table.md`` and ``DIR/plots/<task>.png`` (:mod:`attnlab.sweep.table`).
 
@@ -137,7 +138,11 @@ def _train_group(group: Group, workdir: str, train_fn: TrainFn) -> None:
   dirs = [rundir.run_dir(workdir, group.task, group.method, s) for s in group.pending]
   for d in dirs:
     os.makedirs(d, exist_ok=True)
-  train_fn(group.config, list(group.pending), dirs)
+  if group.vmapped:
+    train_fn(group.config, list(group.pending), dirs)
+  else:  # One seed at a time: the process's cache (step.compile_run) compiles once.
+    for seed, d in zip(group.pending, dirs, strict=True):
+      train_fn(group.config, [seed], [d])
   unfinished = [s for s, d in zip(group.pending, dirs, strict=True) if not rundir.is_finished(d)]
   if unfinished:
     raise RuntimeError(

@@ -407,7 +407,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
 def _final_evaluation(
   run, compiled: CompiledRun, state: TrainState, keys, histories, workdirs, sinks
 ):
-  """Evaluates every seed's final parameters on every split, into its last metrics row.
+  """Evaluates every seed's final parameters on the test and OOD sets (greedy decoding),
+  into its last metrics row.
 
   ``sinks``: each seed's :class:`events.RunEvents` on the process that writes the run files,
   ``None`` on the others.
@@ -415,7 +416,7 @@ def _final_evaluation(
   A seed that converged stopped updating at its ``stopped_at`` step, so its final
   parameters are those of its last row; the evaluation key is that row's, as during
   training. The rewritten ``metrics.jsonl`` ends with that row, now with test and OOD. Its
-  validation metrics stay those of training's evaluation (the same parameters and key; the
+  validation metrics are those of training's evaluation (the same parameters and key; the
   exact match the stop rule read, equal to greedy decoding's: ``Program.evaluate``; token
   accuracy under teacher forcing), so every (metric, step) has one value.
   """
