@@ -81,6 +81,18 @@ class Settings:
   reps: int = 3
   max_value_gib: float = 1.0
 
+  def __post_init__(self):
+    for name in ("key_dim", "batch", "rounds", "reps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an int >= 1.")
+    for name in ("lengths", "value_dims"):
+      values = getattr(self, name)
+      if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name}={values!r} must be a non-empty tuple of ints >= 1.")
+    if not self.max_value_gib > 0:
+      raise ValueError(f"max_value_gib={self.max_value_gib!r} must be > 0.")
+
 
 def _functions() -> dict[str, Callable[..., Any]]:
   """name -> f(q [B, D], k [B, S, D], v [B, S, Dv], cot [B, Dv], adv [B], key)."""

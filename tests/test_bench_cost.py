@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import bench_cost
 
@@ -58,3 +59,9 @@ def test_run_benchmark_rows_ratios_and_markdown(tmp_path):
   text = open(md_path).read()
   assert "| 32 | 4 |" in text and "Skipped" in text and "## Where hard attention is cheaper" in text
   assert bench_cost.model_ratio(4, 64, 64) < 2 < bench_cost.model_ratio(65536, 64, 64) + 1e-3
+
+
+def test_settings_reject_counts_that_would_time_nothing():
+  for bad in ({"rounds": 0}, {"reps": 0}, {"lengths": ()}, {"value_dims": (0,)}):
+    with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
+      bench_cost.Settings(**{**_TOY.__dict__, **bad})

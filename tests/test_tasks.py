@@ -273,6 +273,8 @@ def test_localize_draws_distinct_cells_and_every_object_count():
     ("addition", [[4, 5, 6]], [3], "one '\\+'"),
     ("localize", [[3] * 7], [7], "whole rows of 5"),
     ("localize", [[4, 5, 6, 7, 8, 3, 3, 3, 3, 3]], [10], "at most 4 objects"),
+    # The limit is the row's own grid's (2 rows: in distribution), not the padded width's.
+    ("localize", [[4, 5, 6, 7, 8, 3, 3, 3, 3, 3] + [0] * 20], [10], "at most 4 objects"),
   ],
 )
 def test_from_sources_rejects_malformed_rows(name, inputs, lengths, message):

@@ -273,3 +273,10 @@ def test_transformer_preset_is_the_honest_transformer_on_every_task():
   # The RNN presets never train the Transformer rows.
   full = compare_config.get_config("full")
   assert not set(full.method_names) & set(compare_config.TRANSFORMER_METHODS)
+
+
+def test_a_preset_task_setting_for_a_task_without_budget_is_an_error(monkeypatch):
+  broken = dict(compare_config.PRESETS["transformer"], task_config={"localise": {}})
+  monkeypatch.setitem(compare_config.PRESETS, "transformer", broken)
+  with pytest.raises(ValueError, match=r"task_config names \['localise'\].*'localize'"):
+    compare_config.get_config("transformer")

@@ -5,7 +5,8 @@ self-attention, and a cross-attention whose kind (soft | hard | gumbel | sparsem
 and score come from the config. Its keys are the encoder's output; its values are the
 encoder's output too by default (``value_source="contextual"``), or position-local
 (``"local"``: the encoder's input at the position; ``"token"``: the token embedding), with
-which a hard model's output reads the source's symbols only at the positions its heads chose.
+which a hard model's output reads the source's symbols only at the positions its heads chose
+(the choices themselves come from keys that see the whole source).
 
 Self-attention is Flax's ``MultiHeadDotProductAttention`` computing with
 :func:`attnlab.flax_attention_fn` (parameters ``query``/``key``/``value``/``out``, as

@@ -139,12 +139,12 @@ class LocalizationTask(base.Task):
     )
 
   def _check_structure(self, inputs_BxS, input_lengths_B):
-    most = self._most_objects(inputs_BxS.shape[1])
     for row, (tokens, length) in enumerate(zip(inputs_BxS, input_lengths_B, strict=True)):
       objects = int(np.sum(tokens[:length] > EMPTY))
+      most = self._most_objects(int(length))  # The row's own grid, not the padded width.
       if length % self.grid_width or objects > most:
         raise ValueError(
           f"row {row} {tokens[:length].tolist()}: expected whole rows of {self.grid_width} "
           f"cells (length {length}) holding at most {most} objects (got {objects}) for a "
-          f"source {inputs_BxS.shape[1]} cells wide."
+          f"grid of {length} cells."
         )
