@@ -17,7 +17,7 @@ Run (resumable: rerun the same command to finish an interrupted sweep)::
 Presets (``arg`` = ``preset[:method,method,...]``):
   default  5 tasks × 11 methods × 3 seeds (48 groups: the REINFORCE, Gumbel and variational
            rows skip addition, `config.skip`), each run until it converges (every validation
-           sequence right, configs/default.py's stop rule) or its task's step budget; 34 min on
+           sequence right, configs/default.py's stop rule) or its task's step budget; 25 min on
            a 2-core CPU, install included (docs/results.md).
   ablation copy and reverse × hard attention with each part of the default architecture
            changed (position-embedded values, no length embedding, expected-context
@@ -321,7 +321,7 @@ _DEFAULT_BASE = {
 PRESETS = {
   "default": {
     "base_preset": None,
-    # Sized for a 2-core CPU: 45 groups, each 3 vmapped seeds, compile included.
+    # Sized for a 2-core CPU: 48 groups of 3 seeds, compile included.
     "base": _DEFAULT_BASE,
     "task_steps": _DEFAULT_STEPS,
     "task_config": {},

@@ -102,7 +102,7 @@ class Settings:
   Attributes:
     batch_size: examples per step and seed.
     preset: ``configs/default.py`` preset giving the model sizes (one of :data:`PRESETS`).
-    num_seeds: seeds trained together by the vmapped step (the default comparison uses 3).
+    num_seeds: seeds trained together by the vmapped step (3 in a comparison with vmap_seeds).
     num_batches: distinct pre-sampled device batches, cycled.
     warmup: untimed steps after the first.
     blocks: timed blocks per case; ms/step is their median.

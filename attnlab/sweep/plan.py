@@ -27,7 +27,7 @@ class Group:
     task: task name.
     method: method name.
     seeds: every seed of the group.
-    pending: the seeds without a completed run of this config, trained together.
+    pending: the seeds without a completed run of this config (trained as ``vmapped`` says).
     config: the run config (base config + task + method overrides); ``seed`` is set per run
       by the trainer from ``seeds``.
     stale: ``(seed, how its config differs)`` for every seed whose run directory holds a run
