@@ -31,6 +31,11 @@ def _setup(attention="hard", **model_overrides):
   return model, params, batch
 
 
+# The probe as the trainer runs it (jitted): eager, each of its hundreds of sampled gradients
+# would dispatch op by op.
+_probe = jax.jit(objectives.gradient_probe, static_argnames=("model", "cfg", "num_samples"))
+
+
 def _state(cfg, batch):
   return objectives.init_objective_state(cfg, batch.targets.shape[1])
 
@@ -100,9 +105,7 @@ def test_reinforce_gradient_is_unbiased_for_the_enumerated_bound(baseline, num_s
   state = objectives.init_objective_state(cfg, batch.targets.shape[1])
   if baseline == "ema":  # A non-zero EMA value, as after training for a while.
     state = state._replace(ema=state.ema._replace(value=state.ema.value - 3.0))
-  stats = objectives.gradient_probe(
-    params, model, batch, jax.random.key(4), cfg, state, num_samples=300
-  )
+  stats = _probe(params, model, batch, jax.random.key(4), cfg, state, num_samples=300)
   assert float(stats["grad/bias_sq"]) < 3.0 * float(stats["grad/bias_sq_floor"])
   assert float(stats["grad/variance"]) > 0.0
 
@@ -110,9 +113,7 @@ def test_reinforce_gradient_is_unbiased_for_the_enumerated_bound(baseline, num_s
 def test_probe_detects_a_different_objective():
   model, params, batch = _setup()
   cfg = ObjectiveConfig(objective="marginal")
-  stats = objectives.gradient_probe(
-    params, model, batch, jax.random.key(4), cfg, _state(cfg, batch), 8
-  )
+  stats = _probe(params, model, batch, jax.random.key(4), cfg, _state(cfg, batch), 8)
   # Deterministic gradient: zero variance, and it is not the hard bound's gradient.
   assert float(stats["grad/variance"]) < 1e-10
   assert float(stats["grad/bias_sq"]) > 1e3 * max(float(stats["grad/bias_sq_floor"]), 1e-12)
@@ -123,9 +124,7 @@ def test_baselines_reduce_variance():
   variances = {}
   for baseline, k in (("none", 4), ("rloo", 4), ("soft", 4)):
     cfg = ObjectiveConfig(objective="reinforce", baseline=baseline, num_samples=k)
-    stats = objectives.gradient_probe(
-      params, model, batch, jax.random.key(5), cfg, _state(cfg, batch), 150
-    )
+    stats = _probe(params, model, batch, jax.random.key(5), cfg, _state(cfg, batch), 150)
     variances[baseline] = float(stats["grad/variance"])
   assert variances["rloo"] * 2 < variances["none"], variances
   assert variances["soft"] * 2 < variances["none"], variances
@@ -164,9 +163,7 @@ def test_mixing_everything_gives_the_soft_objective_gradient_on_attention():
   # With mix_probability=1 every step uses the expected context: no score-function term.
   model, params, batch = _setup()
   cfg = ObjectiveConfig(objective="reinforce", mix_probability=1.0)
-  stats = objectives.gradient_probe(
-    params, model, batch, jax.random.key(7), cfg, _state(cfg, batch), 16
-  )
+  stats = _probe(params, model, batch, jax.random.key(7), cfg, _state(cfg, batch), 16)
   assert float(stats["grad/variance"]) < 1e-10
 
 
@@ -241,9 +238,7 @@ def test_variational_reinforce_is_unbiased_for_the_exact_elbo(baseline, num_samp
   state = _state(cfg, batch)
   if baseline == "ema":
     state = state._replace(ema=state.ema._replace(value=state.ema.value - 3.0))
-  stats = objectives.gradient_probe(
-    params, model, batch, jax.random.key(4), cfg, state, num_samples=300
-  )
+  stats = _probe(params, model, batch, jax.random.key(4), cfg, state, num_samples=300)
   assert float(stats["grad/bias_sq"]) < 3.0 * float(stats["grad/bias_sq_floor"])
   assert float(stats["grad/variance"]) > 0.0
 
@@ -257,7 +252,7 @@ def test_vimco_bound_lies_between_jensen_and_the_marginal_and_tightens_with_k():
   def mean_bound(k):
     cfg = ObjectiveConfig(objective="vimco", num_samples=k)
     keys = jax.random.split(jax.random.key(8), 64)
-    losses = jax.vmap(lambda key: _loss(model, params, batch, cfg, key)[0])(keys)
+    losses = jax.jit(jax.vmap(lambda key: _loss(model, params, batch, cfg, key)[0]))(keys)
     return -float(jnp.mean(losses)), float(jnp.std(losses)) / 8.0
 
   bound2, err2 = mean_bound(2)
@@ -270,9 +265,8 @@ def test_vimco_bound_lies_between_jensen_and_the_marginal_and_tightens_with_k():
 def test_vimco_with_a_posterior_estimates_its_bound_gradient_without_nans():
   model, params, batch = _variational_setup()
   cfg = ObjectiveConfig(objective="vimco", posterior=True, num_samples=4)
-  (loss, aux), grads = jax.value_and_grad(lambda p: _loss(model, p, batch, cfg), has_aux=True)(
-    params
-  )
+  loss_and_grad = jax.value_and_grad(lambda p: _loss(model, p, batch, cfg), has_aux=True)
+  (loss, aux), grads = jax.jit(loss_and_grad)(params)
   assert np.isfinite(float(loss)) and float(aux.metrics["bound"]) == pytest.approx(-float(loss))
   norms = jax.tree.map(lambda g: float(jnp.linalg.norm(g)), grads["params"])
   # q is trained by VIMCO's learning signal.
