@@ -331,6 +331,10 @@ def test_claims_say_where_a_claim_does_not_hold_or_was_not_measured(tmp_path):
   text = table.format_claims(rows, grid)
   assert "## Use cases: does not hold" in text and "not relatively best" in text
   assert "no bench_cost.json found" in text
+  # Without the sweep's own, the repository's cost report is used, and said to be.
+  cost, source = table.read_bench_cost(str(tmp_path))
+  assert cost is not None
+  assert source.startswith("the repository's results/bench_cost.json, not measured by this sweep")
   # Relatively best (10 points behind, 50 on copy) but unsolved (90%): no use case either.
   near = tmp_path / "near"
   near.mkdir()

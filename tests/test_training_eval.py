@@ -6,11 +6,12 @@ equality is tested where it could fail (a wrong step in the middle of a sequence
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from attnlab.training import config as config_lib
-from attnlab.training import overrides, sharding
+from attnlab.training import overrides, rundir, sharding
 from attnlab.training import step as step_lib
 from configs import default as default_config
 
@@ -69,3 +70,22 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(changes, steps):
   # Not a vacuous check: some sequences are right and some wrong, in one split at least.
   accuracies = [float(greedy[f"{s}/seq_accuracy"][0]) for s in ("val", "test", "ood")]
   assert any(0.0 < a < 1.0 for a in accuracies), accuracies
+
+
+def test_an_average_over_no_gold_position_has_no_value():
+  # Addition without a gold operand has no gold source position: its alignment metrics are
+  # NaN (null in the run files, "n/a" in the table), never 0%; the others are numbers.
+  config = overrides.apply_overrides(
+    default_config.get_config("smoke"), {"task": "addition", "eval_size": 16}, where="test"
+  )
+  run = config_lib.parse_config(config)
+  compiled = step_lib.compile_run(run)
+  host_keys = np.asarray(step_lib.seed_keys([0]))
+  batch = step_lib.host_train_batch(run.task, run.train.batch_size, [0], 0)
+  state = step_lib.init_states(compiled, host_keys, batch)
+  results = compiled.evaluate(state.params, compiled.eval_data.batch, jnp.asarray(host_keys))
+  for name in ("alignment_accuracy", "lenient_alignment_accuracy", "attention_mass_on_gold"):
+    assert np.isnan(results[f"val/{name}"]).all(), name
+  for name in ("seq_accuracy", "token_accuracy", "nll", "attention_entropy"):
+    assert np.isfinite(results[f"val/{name}"]).all(), name
+  assert rundir.to_json_value(results["val/alignment_accuracy"][0]) is None

@@ -923,11 +923,19 @@ def format_claims(
 
 
 def read_bench_cost(workdir: str) -> tuple[dict | None, str]:
-  """``experiments/bench_cost.py``'s report: the sweep's ``bench_cost.json``, else the
-  repository's ``results/bench_cost.json``; ``(None, "")`` when neither is readable."""
+  """``experiments/bench_cost.py``'s report and where it came from, for the text: the
+  sweep's ``bench_cost.json``, else the repository's ``results/bench_cost.json`` (said to be
+  the repository's, with the hardware it records: not this sweep's measurement);
+  ``(None, "")`` when neither is readable."""
   for path in (os.path.join(workdir, rundir.BENCH_COST_FILE), REPO_BENCH_COST):
     report = rundir.read_json(path)
     if report is not None and "rows" in report and "settings" in report:
+      if path == REPO_BENCH_COST:
+        measured = report.get("hardware", "")
+        return report, (
+          "the repository's results/bench_cost.json, not measured by this sweep"
+          + (f" ({measured})" if measured else "")
+        )
       return report, os.path.relpath(path)
   return None, ""
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import struct
 import time
@@ -193,7 +194,9 @@ class RunEvents:
       values = []
       for key, value in row.items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
-          continue  # None (non-finite), strings and flags are not scalars.
+          continue  # None (non-finite, as read back), strings and flags are not scalars.
+        if not math.isfinite(value):
+          continue  # No value (e.g. alignment without gold positions): nothing to plot.
         if (key, step) not in self._written:
           self._written.add((key, step))
           values.append(Summary.Value(tag=key, simple_value=float(value)))

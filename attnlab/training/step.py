@@ -327,7 +327,8 @@ class Program:
     """Metrics of one seed on the fixed eval sets (all splits in one padded batch).
 
     Sequence and token accuracy come from free-running greedy decoding; NLL and the
-    attention metrics from a teacher-forced pass, both under the run's eval mode.
+    attention metrics from a teacher-forced pass, both under the run's eval mode. A metric
+    averaged over nothing (alignment on a task without gold positions) is NaN: no value.
 
     With ``greedy=False`` and a deterministic eval mode (argmax or soft), the tokens are
     the teacher-forced pass's argmax instead, and no greedy decoding runs. Sequence exact
@@ -378,7 +379,11 @@ class Program:
       if out.attention.head_weights is not None:  # Multi-head: every layer's and head's.
         head_weights = part(out.attention.head_weights)
         averages.update(metrics.multi_head_alignment(head_weights, b.alignment, mask))
-      results.update({f"{split}/{k}": v.value for k, v in averages.items()})
+      # An average over nothing has no value (NaN; null in the run files, "n/a" in the
+      # table), e.g. alignment on a task without gold positions: never a 0%.
+      results.update(
+        {f"{split}/{k}": jnp.where(v.count > 0, v.value, jnp.nan) for k, v in averages.items()}
+      )
     return results
 
   def probe(self, params, objective_state, batch: tasks.Batch, key: chex.Array):
