@@ -826,9 +826,10 @@ def _use_cases(by_task) -> tuple[str, list[str]]:
       continue
     best = max(scored, key=lambda r: r.mean("test/seq_accuracy"))
     gaps[task] = (best, best.mean("test/seq_accuracy") - soft_accuracy)
+    solved, runs = best.solved()
     lines.append(
       f"- {task}: best REINFORCE row {best.name()} minus soft: {_f(gaps[task][1], 1, 100.0)}"
-      f" points of test exact match ({best.solved()[0]}/{best.solved()[1]} seeds solved)."
+      f" points of test exact match ({solved}/{runs} seeds solved)."
     )
   if "localize" not in gaps or len(gaps) < 2:
     lines.append("- The localization task is not in this sweep: the claim is not measured here.")
