@@ -72,6 +72,13 @@ def test_cpu_workers_are_pinned_to_their_own_blocks_of_the_sweeps_cores():
   assert workers.worker_cpus(range(16), 3, 4) == tuple(range(12, 16))
 
 
+def test_a_users_worker_cpus_is_kept_and_empty_turns_pinning_off():
+  for users in ("", "1"):
+    environ = {workers.WORKER_CPUS: users}
+    for i in range(2):  # Nothing added: each worker inherits the user's value.
+      assert workers.worker_environment("cpu", 1, i, 2, environ, [0, 1]) == {}
+
+
 def test_pin_to_cpus_restricts_the_process_and_its_later_threads():
   code = (
     "import os, threading; from attnlab.sweep import workers; workers.pin_to_cpus('0');"

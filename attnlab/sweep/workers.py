@@ -32,7 +32,9 @@ accelerators:
   Unpinned, two workers' XLA thread pools (each as large as the machine) contend for every
   core: on a 2-core CPU, sort x 4 methods x 3 seeds, 300 steps, trained in 62-63 s pinned
   against 87-89 s unpinned (two runs each, interleaved; docs/results.md).
-  With fewer cores than workers nothing is pinned.
+  With fewer cores than workers nothing is pinned. ``ATTNLAB_WORKER_CPUS`` set in the sweep's
+  own environment is the user's (kept, below): empty turns pinning off, a list pins every
+  worker to it.
 
 Precedence: a variable the user already set is kept, never overwritten, except the device list,
 which is narrowed to the worker's share of the user's own list (``CUDA_VISIBLE_DEVICES=2,3`` and
@@ -303,6 +305,8 @@ def worker_environment(
     ValueError: counts or index out of range, or more TPU workers than chips.
   """
   if platform == "cpu":
+    if WORKER_CPUS in environ:  # The user's: the workers inherit it ("" pins nothing).
+      return {}
     pinned = worker_cpus(cpus, worker_index, num_workers)
     return {WORKER_CPUS: ",".join(map(str, pinned))} if pinned else {}
   if num_workers <= 1 or platform not in _DEVICE_LIST_VARIABLE:
