@@ -25,6 +25,7 @@ _F32 = jnp.float32
 
 __all__ = [
   "Average",
+  "HeadAlignment",
   "alignment_accuracy",
   "attention_entropy",
   "attention_mass_on_gold",
@@ -290,9 +291,15 @@ def support_size(
 # (``AttentionRecord.head_weights``). One head may track the gold alignment while the others
 # read the length, the previous object or nothing useful, so a single number needs a rule:
 #
-# * best head: the alignment accuracy of the (layer, head) that aligns best on the batch
-#   (chosen on the same batch, so an optimistic estimate for one head; with H·L heads at
-#   chance level c it is at least c);
+# * best head: the alignment accuracy of the (layer, head) that aligns best on the evaluated
+#   set. Every head's totals and counts ``[L, H]`` are summed over the batches of the set
+#   (:class:`HeadAlignment`), and the head is chosen once, from those sums
+#   (:meth:`HeadAlignment.summary`): the number is one head's accuracy over the whole set.
+#   The head is chosen on the set it is scored on, so it is an optimistic estimate (with
+#   H·L heads at chance level c it is at least c). Training's evaluation scores each split
+#   (validation; test and OOD at the end) with that split's own best head, so the test and
+#   OOD numbers are optimistic in the same way, and ``best_head`` per split shows whether
+#   the splits agree on the head;
 # * head mean: the alignment accuracy of the weights averaged over every layer and head (the
 #   consensus; soft heads that split one position's mass still point at it);
 # * any head: the fraction of steps on which some head's argmax is the gold position; for hard
@@ -331,10 +338,68 @@ def head_attention_entropy(head_weights_BxLxHxTxS: chex.Array, mask_BxT: chex.Ar
   return per_head(head_weights_BxLxHxTxS, mask_BxT)
 
 
+class HeadAlignment(NamedTuple):
+  """The sums behind the multi-head alignment metrics, kept per head (``[L, H]``) where needed.
+
+  Every field is an :class:`Average`, so sets evaluated in several batches aggregate exactly
+  (:meth:`merge`); the best head is chosen only by :meth:`summary`, once, on the aggregate
+  (choosing it per batch and averaging the picks would mix heads: a number no head has).
+
+  Attributes:
+    accuracy_LxH: each layer's and head's alignment accuracy, ``total``/``count`` ``[L, H]``.
+    entropy_LxH: each layer's and head's mean attention entropy, ``[L, H]``.
+    head_mean: scalar, alignment accuracy of the weights averaged over layers and heads.
+    any_head: scalar, fraction of counted steps on which some head's argmax is gold.
+  """
+
+  accuracy_LxH: Average
+  entropy_LxH: Average
+  head_mean: Average
+  any_head: Average
+
+  def merge(self, other: HeadAlignment) -> HeadAlignment:
+    """The sums over the steps of both."""
+    return HeadAlignment(*(a.merge(b) for a, b in zip(self, other, strict=True)))
+
+  def summary(self) -> dict[str, Average]:
+    """The scalar metrics, with the best head chosen once from the summed per-head accuracy.
+
+    Returns:
+      Scalar :class:`Average` values: ``alignment_accuracy_best_head`` (the total and count
+      of the layer and head of highest accuracy; ties to the first),
+      ``alignment_accuracy_head_mean``, ``alignment_accuracy_any_head``,
+      ``attention_entropy_per_head`` (the mean over heads of each head's mean entropy),
+      ``attention_entropy_best_head`` and ``best_head`` (its index ``layer * H + head``, as
+      ``total`` with ``count`` 1). Where no step has a gold position there is no best head:
+      its three values have ``count`` 0. The values are final: merge
+      :class:`HeadAlignment` values, not summaries.
+    """
+    best = jnp.argmax(self.accuracy_LxH.value.reshape(-1))
+    # Every head counts the same steps (those with a gold position).
+    chosen = self.accuracy_LxH.count.reshape(-1)[best] > 0
+
+    def pick(avg: Average) -> Average:
+      count = jnp.where(chosen, avg.count.reshape(-1)[best], 0)
+      return Average(avg.total.reshape(-1)[best], count)
+
+    return {
+      "alignment_accuracy_best_head": pick(self.accuracy_LxH),
+      "alignment_accuracy_head_mean": self.head_mean,
+      "alignment_accuracy_any_head": self.any_head,
+      # Every head counts the same (unmasked) steps, so the pooled mean is the mean of the
+      # heads' means.
+      "attention_entropy_per_head": Average(
+        jnp.sum(self.entropy_LxH.total), jnp.sum(self.entropy_LxH.count)
+      ),
+      "attention_entropy_best_head": pick(self.entropy_LxH),
+      "best_head": Average(best.astype(_F32), chosen.astype(jnp.int32)),
+    }
+
+
 def multi_head_alignment(
   head_weights_BxLxHxTxS: chex.Array, alignment_BxT: chex.Array, mask_BxT: chex.Array
-) -> dict[str, Average]:
-  """Alignment and entropy of a multi-head, multi-layer cross-attention (see above).
+) -> HeadAlignment:
+  """Alignment and entropy sums of a multi-head, multi-layer cross-attention (see above).
 
   Args:
     head_weights_BxLxHxTxS: attention weights of ``L`` layers of ``H`` heads per step.
@@ -342,12 +407,8 @@ def multi_head_alignment(
     mask_BxT: bool, ``True`` at counted (unpadded) target steps, for the entropies.
 
   Returns:
-    Scalar :class:`Average` values: ``alignment_accuracy_best_head`` (the layer and head of
-    highest accuracy on this batch; ties to the first), ``alignment_accuracy_head_mean``
-    (argmax of the weights averaged over layers and heads), ``alignment_accuracy_any_head``
-    (some head's argmax is gold), ``attention_entropy_per_head`` (the mean over heads of each
-    head's mean entropy), ``attention_entropy_best_head`` and ``best_head`` (its index
-    ``layer * H + head``, as ``total`` with ``count`` 1).
+    A :class:`HeadAlignment`: merge it over the batches of a set, then take its
+    :meth:`~HeadAlignment.summary`.
 
   References:
     Voita et al., "Analyzing Multi-Head Self-Attention: Specialized Heads Do the Heavy
@@ -355,23 +416,15 @@ def multi_head_alignment(
   """
   _check_heads(head_weights_BxLxHxTxS, alignment_BxT)
   batch, layers, heads, steps, positions = head_weights_BxLxHxTxS.shape
-  per_head = head_alignment_accuracy(head_weights_BxLxHxTxS, alignment_BxT)
-  entropy = head_attention_entropy(head_weights_BxLxHxTxS, mask_BxT)
-  best = jnp.argmax(per_head.value.reshape(-1))
-  pick = lambda avg: Average(avg.total.reshape(-1)[best], avg.count.reshape(-1)[best])
   flat_BxKxTxS = head_weights_BxLxHxTxS.reshape((batch, layers * heads, steps, positions))
   argmax_BxKxT = jnp.argmax(flat_BxKxTxS, axis=-1)
   attended_BxKxT = jnp.max(flat_BxKxTxS, axis=-1) > 0
   hit_BxT = jnp.any(attended_BxKxT & (argmax_BxKxT == alignment_BxT[:, None, :]), axis=1)
-  entropies = entropy.value.reshape(-1)
-  one = jnp.ones((), jnp.int32)
-  return {
-    "alignment_accuracy_best_head": pick(per_head),
-    "alignment_accuracy_head_mean": alignment_accuracy(
+  return HeadAlignment(
+    accuracy_LxH=head_alignment_accuracy(head_weights_BxLxHxTxS, alignment_BxT),
+    entropy_LxH=head_attention_entropy(head_weights_BxLxHxTxS, mask_BxT),
+    head_mean=alignment_accuracy(
       jnp.mean(head_weights_BxLxHxTxS.astype(_F32), axis=(1, 2)), alignment_BxT
     ),
-    "alignment_accuracy_any_head": _average(hit_BxT, alignment_BxT >= 0),
-    "attention_entropy_per_head": Average(jnp.sum(entropies) / entropies.size, one),
-    "attention_entropy_best_head": Average(entropies[best], one),
-    "best_head": Average(best.astype(_F32), one),
-  }
+    any_head=_average(hit_BxT, alignment_BxT >= 0),
+  )

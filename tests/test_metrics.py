@@ -31,7 +31,9 @@ ALIGNMENT = np.array([[0, 1, 0, -1]], np.int32)
 
 # Jitted once per metric: one compile per shape instead of one per primitive (eager), which
 # keeps this file fast on a shared CPU. Eager == jit is checked in `test_jit_equals_eager`.
-_METRICS = [name for name in metrics.__all__ if name not in ("Average", "target_mask")]
+_METRICS = [
+  name for name in metrics.__all__ if name not in ("Average", "HeadAlignment", "target_mask")
+]
 J = types.SimpleNamespace(**{name: jax.jit(getattr(metrics, name)) for name in _METRICS})
 
 
@@ -238,7 +240,7 @@ def test_multi_head_alignment_by_hand():
   per_head = J.head_alignment_accuracy(heads, alignment)
   np.testing.assert_allclose(per_head.value, [[1.0, 0.0], [0.0, 0.5]])
   np.testing.assert_array_equal(per_head.count, [[2, 2], [2, 2]])
-  out = J.multi_head_alignment(heads, alignment, mask)
+  out = J.multi_head_alignment(heads, alignment, mask).summary()
   _close(out["alignment_accuracy_best_head"], total=2, count=2)
   assert float(out["best_head"].value) == 0.0  # layer 0, head 0
   # Head mean: step 0 puts 1/4 on the gold 0 and 3/4 on 1 (wrong); step 1 2/4 on the gold 2.
@@ -253,7 +255,41 @@ def test_multi_head_alignment_by_hand():
   )
   assert float(out["attention_entropy_best_head"].value) == 0.0
   # A head that no step points at the gold with: any-head falls when the hitting head goes.
-  without = J.multi_head_alignment(heads[:, :, 1:], alignment, mask)
+  without = J.multi_head_alignment(heads[:, :, 1:], alignment, mask).summary()
   _close(without["alignment_accuracy_any_head"], total=1, count=2)  # step 1 (layer 1 head 1)
   _close(without["alignment_accuracy_best_head"], total=1, count=2)
   assert float(without["best_head"].value) == 1.0  # layer 1 (of 1 head per layer), head 0
+
+
+def test_best_head_is_chosen_once_on_the_merged_batches():
+  # 1 layer x 2 heads, S = 2; the best head differs between two batches of one set.
+  # Batch a (gold 0 0 1 1): head 0 one-hot at 0 0 1 0 (3/4, entropy 0); head 1 uniform,
+  # argmax ties to 0 (2/4, entropy log 2 at each step).
+  one_hot = np.eye(2, dtype=np.float32)
+  uniform = np.full((4, 2), 0.5, np.float32)
+  heads_a = np.stack([one_hot[[0, 0, 1, 0]], uniform])[None, None]  # [1, 1, 2, 4, 2]
+  alignment_a = np.array([[0, 0, 1, 1]], np.int32)
+  # Batch b (gold 1 1): head 0 one-hot at 0 0 (0/2), head 1 at 1 1 (2/2); entropies 0.
+  heads_b = np.stack([one_hot[[0, 0]], one_hot[[1, 1]]])[None, None]  # [1, 1, 2, 2, 2]
+  alignment_b = np.array([[1, 1]], np.int32)
+  part_a = J.multi_head_alignment(heads_a, alignment_a, np.ones((1, 4), bool))
+  part_b = J.multi_head_alignment(heads_b, alignment_b, np.ones((1, 2), bool))
+  assert float(part_a.summary()["best_head"].value) == 0.0
+  assert float(part_b.summary()["best_head"].value) == 1.0
+  out = part_a.merge(part_b).summary()
+  # Pooled: head 0 3/6, head 1 4/6, so head 1 (per-batch picks would merge to 5/6).
+  assert float(out["best_head"].value) == 1.0
+  _close(out["alignment_accuracy_best_head"], total=4, count=6)
+  # Head 1's entropy over the 6 steps, 4 of them log 2 (the per-batch picks': 0).
+  _close(out["attention_entropy_best_head"], total=4 * np.log(2), count=6)
+  _close(out["attention_entropy_per_head"], total=4 * np.log(2), count=12)
+  _close(out["alignment_accuracy_any_head"], total=5, count=6)  # all but batch a's step 3
+
+
+def test_no_best_head_without_a_gold_position():
+  heads = np.full((1, 1, 2, 2, 2), 0.5, np.float32)
+  out = J.multi_head_alignment(heads, np.full((1, 2), -1, np.int32), np.ones((1, 2), bool))
+  out = out.summary()
+  for name in ("alignment_accuracy_best_head", "attention_entropy_best_head", "best_head"):
+    assert int(out[name].count) == 0, name
+  _close(out["attention_entropy_per_head"], total=4 * np.log(2), count=4)

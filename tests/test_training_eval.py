@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attnlab import metrics
 from attnlab.training import config as config_lib
 from attnlab.training import overrides, rundir, sharding
 from attnlab.training import step as step_lib
@@ -89,3 +90,32 @@ def test_an_average_over_no_gold_position_has_no_value():
   for name in ("seq_accuracy", "token_accuracy", "nll", "attention_entropy"):
     assert np.isfinite(results[f"val/{name}"]).all(), name
   assert rundir.to_json_value(results["val/alignment_accuracy"][0]) is None
+
+
+def test_transformer_reports_each_splits_own_best_head():
+  # Each split's best-head accuracy is the highest per-head accuracy on that whole split.
+  config = overrides.apply_overrides(
+    default_config.get_config("smoke"),
+    {"model.family": "transformer", "model.score": "scaled_dot", "eval_size": 16},
+    where="test",
+  )
+  run = config_lib.parse_config(config)
+  compiled = step_lib.compile_run(run)
+  host_keys = np.asarray(step_lib.seed_keys([0]))
+  batch = step_lib.host_train_batch(run.task, run.train.batch_size, [0], 0)
+  state = step_lib.init_states(compiled, host_keys, batch)
+  data = step_lib.eval_data(run.task, 16, run.train.eval_seed, step_lib.EVAL_SPLITS)
+  fn = lambda p, k: compiled.program.evaluate(p, data, k, greedy=False)
+  results = jax.jit(jax.vmap(fn))(state.params, jnp.asarray(host_keys))
+  params = step_lib.seed_slice(state.params, 0)
+  # The eval mode is deterministic (soft), so the key does not matter.
+  out = compiled.program.apply(params, data.batch, host_keys[0], attention_override=run.eval_mode)
+  for split, start, stop in data.slices:
+    per_head = metrics.head_alignment_accuracy(
+      out.attention.head_weights[start:stop], data.batch.alignment[start:stop]
+    )
+    best = int(np.argmax(per_head.value))
+    assert float(results[f"{split}/best_head"][0]) == best, split
+    np.testing.assert_allclose(
+      results[f"{split}/alignment_accuracy_best_head"][0], per_head.value.reshape(-1)[best]
+    )
