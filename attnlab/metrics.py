@@ -303,7 +303,11 @@ def support_size(
 # * head mean: the alignment accuracy of the weights averaged over every layer and head (the
 #   consensus; soft heads that split one position's mass still point at it);
 # * any head: the fraction of steps on which some head's argmax is the gold position; for hard
-#   attention, the steps where the gold symbol reached the output through a chosen position;
+#   attention, the steps where the gold symbol reached the output through a chosen position.
+#   Read it against its chance level: K = L·H heads that each chose uniformly among a step's
+#   n source positions would all miss the gold one with probability (1 - 1/n)^K, so some
+#   head hits it with probability 1 - (1 - 1/n)^K (over 50% for K = 8 and n <= 12), the
+#   mean of which over the counted steps is reported beside it;
 # * entropy per head: each head's mean entropy; the mean over heads and the best head's.
 
 
@@ -350,12 +354,15 @@ class HeadAlignment(NamedTuple):
     entropy_LxH: each layer's and head's mean attention entropy, ``[L, H]``.
     head_mean: scalar, alignment accuracy of the weights averaged over layers and heads.
     any_head: scalar, fraction of counted steps on which some head's argmax is gold.
+    any_head_chance: scalar, the expected ``any_head`` of heads that choose uniformly at
+      random among the source positions.
   """
 
   accuracy_LxH: Average
   entropy_LxH: Average
   head_mean: Average
   any_head: Average
+  any_head_chance: Average
 
   def merge(self, other: HeadAlignment) -> HeadAlignment:
     """The sums over the steps of both."""
@@ -368,6 +375,7 @@ class HeadAlignment(NamedTuple):
       Scalar :class:`Average` values: ``alignment_accuracy_best_head`` (the total and count
       of the layer and head of highest accuracy; ties to the first),
       ``alignment_accuracy_head_mean``, ``alignment_accuracy_any_head``,
+      ``alignment_accuracy_any_head_chance``,
       ``attention_entropy_per_head`` (the mean over heads of each head's mean entropy),
       ``attention_entropy_best_head`` and ``best_head`` (its index ``layer * H + head``, as
       ``total`` with ``count`` 1). Where no step has a gold position there is no best head:
@@ -386,6 +394,7 @@ class HeadAlignment(NamedTuple):
       "alignment_accuracy_best_head": pick(self.accuracy_LxH),
       "alignment_accuracy_head_mean": self.head_mean,
       "alignment_accuracy_any_head": self.any_head,
+      "alignment_accuracy_any_head_chance": self.any_head_chance,
       # Every head counts the same (unmasked) steps, so the pooled mean is the mean of the
       # heads' means.
       "attention_entropy_per_head": Average(
@@ -397,7 +406,10 @@ class HeadAlignment(NamedTuple):
 
 
 def multi_head_alignment(
-  head_weights_BxLxHxTxS: chex.Array, alignment_BxT: chex.Array, mask_BxT: chex.Array
+  head_weights_BxLxHxTxS: chex.Array,
+  alignment_BxT: chex.Array,
+  mask_BxT: chex.Array,
+  input_lengths_B: chex.Array,
 ) -> HeadAlignment:
   """Alignment and entropy sums of a multi-head, multi-layer cross-attention (see above).
 
@@ -405,6 +417,8 @@ def multi_head_alignment(
     head_weights_BxLxHxTxS: attention weights of ``L`` layers of ``H`` heads per step.
     alignment_BxT: int gold source position, -1 where not counted.
     mask_BxT: bool, ``True`` at counted (unpadded) target steps, for the entropies.
+    input_lengths_B: int number of source positions a head can choose, for the chance
+      level: ``1 - (1 - 1/n)^(L·H)`` at each counted step of an example with ``n`` of them.
 
   Returns:
     A :class:`HeadAlignment`: merge it over the batches of a set, then take its
@@ -415,16 +429,22 @@ def multi_head_alignment(
     Lifting, the Rest Can Be Pruned", ACL 2019 (heads differ; a few align).
   """
   _check_heads(head_weights_BxLxHxTxS, alignment_BxT)
+  chex.assert_rank(input_lengths_B, 1)
   batch, layers, heads, steps, positions = head_weights_BxLxHxTxS.shape
   flat_BxKxTxS = head_weights_BxLxHxTxS.reshape((batch, layers * heads, steps, positions))
   argmax_BxKxT = jnp.argmax(flat_BxKxTxS, axis=-1)
   attended_BxKxT = jnp.max(flat_BxKxTxS, axis=-1) > 0
   hit_BxT = jnp.any(attended_BxKxT & (argmax_BxKxT == alignment_BxT[:, None, :]), axis=1)
+  # Rows of batch padding have no position; none of their steps is counted (alignment -1).
+  choices_B = jnp.maximum(input_lengths_B, 1).astype(_F32)
+  chance_B = 1.0 - (1.0 - 1.0 / choices_B) ** (layers * heads)
+  counted_BxT = alignment_BxT >= 0
   return HeadAlignment(
     accuracy_LxH=head_alignment_accuracy(head_weights_BxLxHxTxS, alignment_BxT),
     entropy_LxH=head_attention_entropy(head_weights_BxLxHxTxS, mask_BxT),
     head_mean=alignment_accuracy(
       jnp.mean(head_weights_BxLxHxTxS.astype(_F32), axis=(1, 2)), alignment_BxT
     ),
-    any_head=_average(hit_BxT, alignment_BxT >= 0),
+    any_head=_average(hit_BxT, counted_BxT),
+    any_head_chance=_average(jnp.broadcast_to(chance_B[:, None], counted_BxT.shape), counted_BxT),
   )

@@ -240,12 +240,14 @@ def test_multi_head_alignment_by_hand():
   per_head = J.head_alignment_accuracy(heads, alignment)
   np.testing.assert_allclose(per_head.value, [[1.0, 0.0], [0.0, 0.5]])
   np.testing.assert_array_equal(per_head.count, [[2, 2], [2, 2]])
-  out = J.multi_head_alignment(heads, alignment, mask).summary()
+  out = J.multi_head_alignment(heads, alignment, mask, np.array([3])).summary()
   _close(out["alignment_accuracy_best_head"], total=2, count=2)
   assert float(out["best_head"].value) == 0.0  # layer 0, head 0
   # Head mean: step 0 puts 1/4 on the gold 0 and 3/4 on 1 (wrong); step 1 2/4 on the gold 2.
   _close(out["alignment_accuracy_head_mean"], total=1, count=2)
   _close(out["alignment_accuracy_any_head"], total=2, count=2)  # head (0, 0) at both steps
+  # Chance: 4 heads, 3 positions: 1 - (2/3)^4 = 65/81 at each of the 2 counted steps.
+  _close(out["alignment_accuracy_any_head_chance"], total=2 * 65 / 81, count=2)
   # Entropies: three one-hot heads 0; the last head has log 3 at one of its three steps.
   np.testing.assert_allclose(
     J.head_attention_entropy(heads, mask).value, [[0, 0], [0, np.log(3) / 3]], atol=1e-6
@@ -255,8 +257,9 @@ def test_multi_head_alignment_by_hand():
   )
   assert float(out["attention_entropy_best_head"].value) == 0.0
   # A head that no step points at the gold with: any-head falls when the hitting head goes.
-  without = J.multi_head_alignment(heads[:, :, 1:], alignment, mask).summary()
+  without = J.multi_head_alignment(heads[:, :, 1:], alignment, mask, np.array([3])).summary()
   _close(without["alignment_accuracy_any_head"], total=1, count=2)  # step 1 (layer 1 head 1)
+  _close(without["alignment_accuracy_any_head_chance"], total=2 * 5 / 9, count=2)  # 2 heads
   _close(without["alignment_accuracy_best_head"], total=1, count=2)
   assert float(without["best_head"].value) == 1.0  # layer 1 (of 1 head per layer), head 0
 
@@ -272,8 +275,8 @@ def test_best_head_is_chosen_once_on_the_merged_batches():
   # Batch b (gold 1 1): head 0 one-hot at 0 0 (0/2), head 1 at 1 1 (2/2); entropies 0.
   heads_b = np.stack([one_hot[[0, 0]], one_hot[[1, 1]]])[None, None]  # [1, 1, 2, 2, 2]
   alignment_b = np.array([[1, 1]], np.int32)
-  part_a = J.multi_head_alignment(heads_a, alignment_a, np.ones((1, 4), bool))
-  part_b = J.multi_head_alignment(heads_b, alignment_b, np.ones((1, 2), bool))
+  part_a = J.multi_head_alignment(heads_a, alignment_a, np.ones((1, 4), bool), np.array([2]))
+  part_b = J.multi_head_alignment(heads_b, alignment_b, np.ones((1, 2), bool), np.array([2]))
   assert float(part_a.summary()["best_head"].value) == 0.0
   assert float(part_b.summary()["best_head"].value) == 1.0
   out = part_a.merge(part_b).summary()
@@ -284,12 +287,28 @@ def test_best_head_is_chosen_once_on_the_merged_batches():
   _close(out["attention_entropy_best_head"], total=4 * np.log(2), count=6)
   _close(out["attention_entropy_per_head"], total=4 * np.log(2), count=12)
   _close(out["alignment_accuracy_any_head"], total=5, count=6)  # all but batch a's step 3
+  # Chance: 2 heads, 2 positions: 1 - (1/2)^2 = 3/4 at each of the 6 steps.
+  _close(out["alignment_accuracy_any_head_chance"], total=6 * 3 / 4, count=6)
 
 
 def test_no_best_head_without_a_gold_position():
   heads = np.full((1, 1, 2, 2, 2), 0.5, np.float32)
-  out = J.multi_head_alignment(heads, np.full((1, 2), -1, np.int32), np.ones((1, 2), bool))
-  out = out.summary()
+  no_gold = np.full((1, 2), -1, np.int32)
+  out = J.multi_head_alignment(heads, no_gold, np.ones((1, 2), bool), np.array([2])).summary()
   for name in ("alignment_accuracy_best_head", "attention_entropy_best_head", "best_head"):
     assert int(out[name].count) == 0, name
   _close(out["attention_entropy_per_head"], total=4 * np.log(2), count=4)
+
+
+def test_any_head_chance_by_hand():
+  # 2 layers x 3 heads: K = 6 uniform choices per step. Example 0 has 2 source positions and
+  # 1 counted step, example 1 has 4 positions and 3 counted steps (-1 steps are not counted;
+  # the weights do not matter).
+  heads = np.zeros((2, 2, 3, 3, 4), np.float32)
+  alignment = np.array([[1, -1, -1], [0, 3, 2]], np.int32)
+  out = J.multi_head_alignment(heads, alignment, np.ones((2, 3), bool), np.array([2, 4]))
+  # 1 - (1/2)^6 = 63/64 once, 1 - (3/4)^6 = 3367/4096 three times.
+  _close(out.any_head_chance, total=63 / 64 + 3 * 3367 / 4096, count=4)
+  assert float(out.summary()["alignment_accuracy_any_head_chance"].value) == pytest.approx(
+    (63 / 64 + 3 * 3367 / 4096) / 4
+  )

@@ -169,6 +169,7 @@ def test_multi_head_columns_only_when_a_run_has_them(tmp_path):
     "val/alignment_accuracy_best_head": 0.98,
     "val/alignment_accuracy_head_mean": 0.5,
     "val/alignment_accuracy_any_head": 1.0,
+    "val/alignment_accuracy_any_head_chance": 0.625,
     "val/attention_entropy_per_head": 1.25,
     "val/attention_entropy_best_head": 0.5,
   }
@@ -177,13 +178,13 @@ def test_multi_head_columns_only_when_a_run_has_them(tmp_path):
     extra = {**heads, "val/alignment_accuracy_head_mean": 0.5 + 0.1 * seed}
     _write_run(tmp_path, "copy", "transformer", seed, _summary(1.0, **extra))
   md = table.format_table(table.collect_results(str(tmp_path), grid), grid)
-  assert "| align best / mean / any head % | head entropy (best) |" in md
-  assert "| 98.0 / 55.0 / 100.0 | 1.25 (0.50) |" in md  # means over seeds
+  assert "| align best / mean / any head (chance) % | head entropy (best) |" in md
+  assert "| 98.0 / 55.0 / 100.0 (62.5) | 1.25 (0.50) |" in md  # means over seeds
   rnn_row = next(line for line in md.splitlines() if line.startswith("| copy | rnn |"))
   assert "| — | — |" in rnn_row
   only_rnn = table.Grid(("copy",), ("rnn",), (0, 1))
   md = table.format_table(table.collect_results(str(tmp_path), only_rnn), only_rnn)
-  assert "head %" not in md and "Multi-head" not in md
+  assert "any head" not in md and "Multi-head" not in md
 
 
 def test_discover_grid_without_grid_json(sweep):

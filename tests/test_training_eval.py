@@ -92,8 +92,9 @@ def test_an_average_over_no_gold_position_has_no_value():
   assert rundir.to_json_value(results["val/alignment_accuracy"][0]) is None
 
 
-def test_transformer_reports_each_splits_own_best_head():
-  # Each split's best-head accuracy is the highest per-head accuracy on that whole split.
+def test_transformer_head_metrics_per_split():
+  # Each split's best-head accuracy is the highest per-head accuracy on that whole split, and
+  # its any-head chance level that of its source lengths.
   config = overrides.apply_overrides(
     default_config.get_config("smoke"),
     {"model.family": "transformer", "model.score": "scaled_dot", "eval_size": 16},
@@ -118,4 +119,11 @@ def test_transformer_reports_each_splits_own_best_head():
     assert float(results[f"{split}/best_head"][0]) == best, split
     np.testing.assert_allclose(
       results[f"{split}/alignment_accuracy_best_head"][0], per_head.value.reshape(-1)[best]
+    )
+    # Chance of some head hitting gold: 1 - (1 - 1/n)^K per counted step, n its source length.
+    alignment = data.batch.alignment[start:stop]
+    lengths_BxT = np.broadcast_to(data.batch.input_lengths[start:stop, None], alignment.shape)
+    miss = (1 - 1 / lengths_BxT[alignment >= 0]) ** per_head.value.size
+    np.testing.assert_allclose(
+      results[f"{split}/alignment_accuracy_any_head_chance"][0], np.mean(1 - miss), rtol=1e-6
     )

@@ -294,8 +294,10 @@ _HEAD_ALIGN_KEYS = (
   "val/alignment_accuracy_head_mean",
   "val/alignment_accuracy_any_head",
 )
+# The any-head share of heads choosing uniformly at random, shown after the any-head share.
+_ANY_HEAD_CHANCE_KEY = "val/alignment_accuracy_any_head_chance"
 _HEAD_ENTROPY_KEYS = ("val/attention_entropy_per_head", "val/attention_entropy_best_head")
-HEAD_COLUMNS = ("align best / mean / any head %", "head entropy (best)")
+HEAD_COLUMNS = ("align best / mean / any head (chance) %", "head entropy (best)")
 
 
 def has_head_metrics(rows: Sequence[Mapping]) -> bool:
@@ -307,8 +309,9 @@ def _head_cells(runs: Sequence[Mapping]) -> list[str]:
   if not _values(runs, _HEAD_ALIGN_KEYS[0]).size:
     return ["—", "—"]
   align = " / ".join(_mean(runs, k, 100.0) for k in _HEAD_ALIGN_KEYS)
+  chance = _mean(runs, _ANY_HEAD_CHANCE_KEY, 100.0)
   per_head, best = (_mean(runs, k, digits=2) for k in _HEAD_ENTROPY_KEYS)
-  return [align, f"{per_head} ({best})"]
+  return [f"{align} ({chance})", f"{per_head} ({best})"]
 
 
 def table_columns(probes: Sequence[str], multi_head: bool = False) -> list[str]:
@@ -351,11 +354,12 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
   head_note = [
     "- Multi-head models (the Transformer: layers × heads of cross-attention): `align acc %`"
     " is the argmax of the last layer's head-averaged weights; `align best / mean / any"
-    " head %` the alignment accuracy of the best (layer, head) on the validation set (chosen"
-    " there: optimistic), of the weights averaged over every layer and head, and the share"
-    " of steps on which some head's argmax is the gold position (for hard attention: the"
-    " gold symbol was read); `head entropy (best)`: each head's mean entropy in nats,"
-    " averaged over heads (the best head's)."
+    " head (chance) %` the alignment accuracy of the best (layer, head) on the validation"
+    " set (chosen there: optimistic), of the weights averaged over every layer and head, and"
+    " the share of steps on which some head's argmax is the gold position (for hard"
+    " attention: the gold symbol was read), then that share's chance level, 1 - (1 - 1/n)^K"
+    " for K heads choosing uniformly among a step's n source positions; `head entropy"
+    " (best)`: each head's mean entropy in nats, averaged over heads (the best head's)."
   ]
   lines = [
     "# Soft vs hard attention: comparison",

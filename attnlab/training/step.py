@@ -366,7 +366,8 @@ class Program:
       if out.attention.head_weights is not None:  # Multi-head: every layer's and head's.
         head_weights = part(out.attention.head_weights)
         # The split is this one slice, so its best head is chosen once, on the whole split.
-        averages.update(metrics.multi_head_alignment(head_weights, b.alignment, mask).summary())
+        heads = metrics.multi_head_alignment(head_weights, b.alignment, mask, b.input_lengths)
+        averages.update(heads.summary())
       # An average over nothing has no value (NaN; null in the run files, "n/a" in the
       # table), e.g. alignment on a task without gold positions: never a 0%.
       results.update(
