@@ -1,5 +1,6 @@
 """experiments/bench_cost.py at toy sizes: it times the right computations (no timing checks)."""
 
+import json
 import math
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import attnlab
 from experiments import bench_cost
 
 _TOY = bench_cost.Settings(
@@ -33,7 +35,11 @@ def test_functions_compute_soft_and_hard_attention_and_their_gradients():
   assert np.all(np.sum(np.any(dv_dense != 0, axis=-1), axis=-1) == 1)
   dq_index, dk_index, dv_row = fns["hard_index_train"](q, k, v, cot, adv, key)
   assert dv_row.shape == cot.shape
-  np.testing.assert_array_equal(dv_row, cot)
+  # The position each example sampled (one key per example, as in the functions): the
+  # index-only value gradient is the dense one's row there.
+  sample = lambda key, q, k, v: attnlab.hard_attention(key, q[None], k, v, mode="sample")
+  sampled_B = jax.vmap(sample)(jax.random.split(key, 2), q, k, v).index[:, 0]
+  np.testing.assert_array_equal(dv_row, dv_dense[jnp.arange(2), sampled_B])
   np.testing.assert_allclose(dq_index, dq, rtol=1e-5)
   np.testing.assert_allclose(dk_index, dk, rtol=1e-5)
   np.testing.assert_allclose(np.sum(dv_dense, axis=1), cot, rtol=1e-6)  # the chosen row
@@ -49,14 +55,39 @@ def test_run_benchmark_rows_ratios_and_markdown(tmp_path):
   for row in report["rows"]:
     for name in (*bench_cost.INFERENCE, *bench_cost.TRAINING):
       assert math.isfinite(row[name]["ms"]) and row[name]["ms"] > 0
-    assert row["time_ratio"] == row["soft"]["ms"] / row["hard"]["ms"]
     assert row["model_ratio"] == bench_cost.model_ratio(row["length"], 4, row["value_dim"])
-    # Soft training outputs the [B, S, Dv] value gradient; the index-only backward does not.
-    if row["soft_train"]["output_bytes"] is not None:
-      assert row["soft_train"]["output_bytes"] >= 4 * 2 * row["length"] * row["value_dim"]
-      assert row["hard_index_train"]["output_bytes"] < row["soft_train"]["output_bytes"]
+    output_bytes = {name: row[name]["output_bytes"] for name in bench_cost.TRAINING}
+    if row["soft"]["output_bytes"] is not None:  # Some backends do not report memory.
+      # From the shapes (float32, B = 2): both inference kinds output the [B, Dv] context;
+      # soft training and the dense REINFORCE backward output dV [B, S, Dv], the index-only
+      # backward only its [B, Dv] row (dq and dK are the same for all three).
+      context_bytes = 4 * 2 * row["value_dim"]
+      assert row["soft"]["output_bytes"] == row["hard"]["output_bytes"] == context_bytes
+      assert output_bytes["hard_dense_train"] == output_bytes["soft_train"]
+      dense_minus_row = context_bytes * (row["length"] - 1)
+      assert output_bytes["soft_train"] - output_bytes["hard_index_train"] == dense_minus_row
   json_path, md_path = bench_cost.write_report(report, str(tmp_path / "cost"))
   text = open(md_path).read()
+  # Every ratio the table shows is soft / hard of the stored raw measurements.
+  with open(json_path) as f:
+    stored = json.load(f)["rows"]
+  table = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+  columns = [c.strip() for c in table[0]]
+  cells = [dict(zip(columns, (c.strip() for c in line), strict=True)) for line in table[1:]]
+  ratios = {  # column: (soft, hard, measurement)
+    "time soft/hard": ("soft", "hard", "ms"),
+    "alloc soft/hard": ("soft", "hard", "alloc_bytes"),
+    "train soft/dense": ("soft_train", "hard_dense_train", "ms"),
+    "train soft/index": ("soft_train", "hard_index_train", "ms"),
+    "train alloc soft/dense": ("soft_train", "hard_dense_train", "alloc_bytes"),
+    "train alloc soft/index": ("soft_train", "hard_index_train", "alloc_bytes"),
+  }
+  for row, cell in zip(stored, cells, strict=True):
+    assert (cell["S"], cell["Dv"]) == (str(row["length"]), str(row["value_dim"]))
+    for column, (soft, hard, measure) in ratios.items():
+      numerator, denominator = row[soft][measure], row[hard][measure]
+      want = "—" if None in (numerator, denominator) else f"{numerator / denominator:.2f}"
+      assert cell[column] == want, column
   assert "| 32 | 4 |" in text and "Skipped" in text and "## Where hard attention is cheaper" in text
   assert bench_cost.model_ratio(4, 64, 64) < 2 < bench_cost.model_ratio(65536, 64, 64) + 1e-3
 
