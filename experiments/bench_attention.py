@@ -36,6 +36,7 @@ FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ from absl import app, flags
 
 import attnlab
 from attnlab import efficient
+from attnlab.training import rundir
 
 _SUITE = flags.DEFINE_enum(
   "suite",
@@ -189,8 +191,8 @@ def _add_ratios(rows, reference_names):
       row["ratio_" + phase.removesuffix("_ms")] = ratio
 
 
-def _fmt(x, digits=1):
-  return "—" if x is None else f"{x:.{digits}f}"
+# The benchmark reports' number format: "—" where nothing was measured or reported.
+_fmt = functools.partial(rundir.format_number, missing="—")
 
 
 def _time_table(rows, title, reference):

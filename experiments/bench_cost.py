@@ -40,6 +40,7 @@ beyond its inputs (q, K, V: the same for every kind). Ratios are soft / hard, on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import attnlab
+from attnlab.training import rundir
 from experiments import cli
 
 # Functions of one case, in table order.
@@ -83,9 +85,7 @@ class Settings:
 
   def __post_init__(self):
     for name in ("key_dim", "batch", "rounds", "reps"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an int >= 1.")
+      cli.require_int(name, getattr(self, name))
     for name in ("lengths", "value_dims"):
       values = getattr(self, name)
       if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
@@ -238,8 +238,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
   )
 
 
-def _fmt(x, digits=2) -> str:
-  return "—" if x is None else f"{x:.{digits}f}"
+# The benchmark reports' number format: "—" where nothing was measured or reported.
+_fmt = functools.partial(rundir.format_number, missing="—")
 
 
 def _kib(x) -> str:
@@ -262,10 +262,10 @@ def findings(report: dict[str, Any]) -> list[str]:
     )
     lines.append(
       f"- Dv = {value_dim}: {where}; at S = {largest['length']:,} soft/hard time "
-      f"{_fmt(largest['time_ratio'])} (work model {_fmt(largest['model_ratio'])}), memory "
-      f"allocated {_fmt(largest['alloc_ratio'])}; training soft / hard (REINFORCE, dense dV) "
-      f"{_fmt(largest['train_time_ratio_hard_dense'])}, soft / hard (index-only backward) "
-      f"{_fmt(largest['train_time_ratio_hard_index'])}."
+      f"{_fmt(largest['time_ratio'], 2)} (work model {_fmt(largest['model_ratio'], 2)}), memory "
+      f"allocated {_fmt(largest['alloc_ratio'], 2)}; training soft / hard (REINFORCE, dense dV) "
+      f"{_fmt(largest['train_time_ratio_hard_dense'], 2)}, soft / hard (index-only backward) "
+      f"{_fmt(largest['train_time_ratio_hard_index'], 2)}."
     )
   return lines
 
@@ -299,12 +299,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines.append(
       f"| {r['length']:,} | {r['value_dim']} | {_kib(r['soft']['argument_bytes'])} | "
       f"{_fmt(r['soft']['ms'], 3)} | "
-      f"{_fmt(r['hard']['ms'], 3)} | {_fmt(r['time_ratio'])} | {_fmt(r['model_ratio'])} | "
+      f"{_fmt(r['hard']['ms'], 3)} | {_fmt(r['time_ratio'], 2)} | {_fmt(r['model_ratio'], 2)} | "
       f"{_kib(r['soft']['alloc_bytes'])} | {_kib(r['hard']['alloc_bytes'])} | "
-      f"{_fmt(r['alloc_ratio'])} | {_fmt(r['soft_train']['ms'], 3)} | "
+      f"{_fmt(r['alloc_ratio'], 2)} | {_fmt(r['soft_train']['ms'], 3)} | "
       f"{_fmt(r['hard_dense_train']['ms'], 3)} | {_fmt(r['hard_index_train']['ms'], 3)} | "
-      f"{_fmt(r['train_time_ratio_hard_dense'])} | {_fmt(r['train_time_ratio_hard_index'])} | "
-      f"{_fmt(r['train_alloc_ratio_hard_dense'])} | {_fmt(r['train_alloc_ratio_hard_index'])} |"
+      f"{_fmt(r['train_time_ratio_hard_dense'], 2)} | "
+      f"{_fmt(r['train_time_ratio_hard_index'], 2)} | "
+      f"{_fmt(r['train_alloc_ratio_hard_dense'], 2)} | "
+      f"{_fmt(r['train_alloc_ratio_hard_index'], 2)} |"
     )
   if report["skipped"]:
     lines += ["", "Skipped (values over --max_value_gib): " + ", ".join(

@@ -38,6 +38,7 @@ The header records the load average: on a shared machine, rerun on a quiet one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -51,8 +52,9 @@ import ml_collections
 from absl import app, flags
 
 from attnlab.training import config as config_lib
-from attnlab.training import overrides, sharding, step
+from attnlab.training import overrides, rundir, sharding, step
 from configs import default as default_config
+from experiments import cli
 
 # Longest / shortest compile time allowed for the scan-based RNN.
 COMPILE_RATIO_LIMIT = 1.5
@@ -121,9 +123,9 @@ class Settings:
     if self.preset not in PRESETS:
       raise ValueError(f"preset={self.preset!r} is not valid; choose one of {list(PRESETS)}.")
     for field in dataclasses.fields(self):
-      value, low = getattr(self, field.name), 0 if field.name == "warmup" else 1
-      if field.name != "preset" and (not isinstance(value, int) or value < low):
-        raise ValueError(f"{field.name}={value!r} must be an int >= {low}.")
+      if field.name != "preset":
+        low = 0 if field.name == "warmup" else 1
+        cli.require_int(field.name, getattr(self, field.name), low)
 
 
 def get_case(name: str) -> Case:
@@ -484,16 +486,16 @@ def seeds_to_markdown(report: dict[str, Any]) -> str:
   ]
   for r in report["rows"]:
     lines.append(
-      f"| {r['case']} | {r['length']} | {r['seeds']} | {_fmt(r['vmapped_ms'])} | "
-      f"{_fmt(r['sequential_ms'])} | {_fmt(r['vmapped_seeds_per_s'], 1)} | "
-      f"{_fmt(r['sequential_seeds_per_s'], 1)} | {_fmt(r['speedup'])}x | "
-      f"{_fmt(r['vmapped_compile_s'])} |"
+      f"| {r['case']} | {r['length']} | {r['seeds']} | {_fmt(r['vmapped_ms'], 2)} | "
+      f"{_fmt(r['sequential_ms'], 2)} | {_fmt(r['vmapped_seeds_per_s'], 1)} | "
+      f"{_fmt(r['sequential_seeds_per_s'], 1)} | {_fmt(r['speedup'], 2)}x | "
+      f"{_fmt(r['vmapped_compile_s'], 2)} |"
     )
   return "\n".join(lines) + "\n"
 
 
-def _fmt(x: float | None, digits: int = 2) -> str:
-  return "—" if x is None else f"{x:.{digits}f}"
+# The benchmark reports' number format: "—" where nothing was measured or reported.
+_fmt = functools.partial(rundir.format_number, missing="—")
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -518,10 +520,11 @@ def to_markdown(report: dict[str, Any]) -> str:
   ]
   for r in report["rows"]:
     lines.append(
-      f"| {r['case']} | {r['length']} | {r['objective']} | {_fmt(r['lower_s'])} | "
-      f"{_fmt(r['compile_s'])} | {_fmt(r['ms_per_step'])} ({_fmt(r['ms_per_step_min'])}) | "
-      f"{_fmt(r['steps_per_s'], 1)} | {_fmt(r['hard_over_soft'])} | "
-      f"{_fmt(r['host_ms_per_step'])} |"
+      f"| {r['case']} | {r['length']} | {r['objective']} | {_fmt(r['lower_s'], 2)} | "
+      f"{_fmt(r['compile_s'], 2)} | "
+      f"{_fmt(r['ms_per_step'], 2)} ({_fmt(r['ms_per_step_min'], 2)}) | "
+      f"{_fmt(r['steps_per_s'], 1)} | {_fmt(r['hard_over_soft'], 2)} | "
+      f"{_fmt(r['host_ms_per_step'], 2)} |"
     )
   if report["compile_ratios"]:
     limit = report["compile_ratio_limit"]
@@ -535,8 +538,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     verdict = {True: "yes", False: "NO", None: "n/a"}
     for c in report["compile_ratios"]:
       lines.append(
-        f"| {c['case']} | {c['short']} → {c['long']} | {_fmt(c['short_s'])} → "
-        f"{_fmt(c['long_s'])} | {_fmt(c['ratio'])} | {verdict[c['within_limit']]} |"
+        f"| {c['case']} | {c['short']} → {c['long']} | {_fmt(c['short_s'], 2)} → "
+        f"{_fmt(c['long_s'], 2)} | {_fmt(c['ratio'], 2)} | {verdict[c['within_limit']]} |"
       )
   return "\n".join(lines) + "\n"
 

@@ -38,6 +38,16 @@ _USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionEr
 _RUN_ERRORS = (rundir.DiskFullError, FloatingPointError)
 
 
+def require_int(name: str, value: Any, low: int = 1) -> None:
+  """Raises ``ValueError`` naming ``name`` unless ``value`` is an int of at least ``low``.
+
+  A bool is refused although Python counts it as an int: ``rounds=True`` is a mistake, not 1.
+  For the settings of the benchmark scripts, checked before anything is compiled.
+  """
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name}={value!r} must be an int >= {low}.")
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
   """``absl.app.run(main)`` with one-line errors (see the module docstring)."""
   app.run(functools.partial(_run_main, main), flags_parser=_parse_flags)

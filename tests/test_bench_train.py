@@ -15,6 +15,14 @@ from experiments import bench_train
 _TOY = bench_train.Settings(batch_size=2, preset="smoke", warmup=1, blocks=2, steps_per_block=1)
 
 
+def test_settings_reject_counts_that_are_not_ints_at_least_their_minimum():
+  # warmup may be 0 (no untimed block); every other count must be >= 1; a bool is no count.
+  assert bench_train.Settings(**{**_TOY.__dict__, "warmup": 0}).warmup == 0
+  for bad in ({"warmup": -1}, {"blocks": 0}, {"steps_per_block": True}, {"num_seeds": 1.0}):
+    with pytest.raises(ValueError, match=f"{next(iter(bad))}=.* must be an int >= "):
+      bench_train.Settings(**{**_TOY.__dict__, **bad})
+
+
 def test_unknown_case_lists_valid_names():
   with pytest.raises(ValueError, match="valid: .*rnn_soft"):
     bench_train.get_case("rnn_sotf")

@@ -328,3 +328,11 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
   error = rundir.DiskFullError("/x", "kept")
   assert str(pickle.loads(pickle.dumps(error))) == "no space left on device writing /x; kept"
   assert rundir.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... No space left on device"))
+
+
+def test_format_number_shows_no_value_as_the_placeholder():
+  assert rundir.format_number(0.98765, 1, scale=100.0) == "98.8"
+  assert rundir.format_number(1.234, 2, missing="—") == "1.23"
+  for nothing in (None, float("nan"), float("inf")):  # Never "nan" or "inf" in a table.
+    assert rundir.format_number(nothing) == "n/a"
+    assert rundir.format_number(nothing, 2, missing="—") == "—"

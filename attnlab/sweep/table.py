@@ -647,8 +647,7 @@ def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
       yield task, soft, hard
 
 
-def _f(x: float | None, digits: int = 1, scale: float = 1.0) -> str:
-  return "n/a" if x is None else f"{scale * x:.{digits}f}"
+_f = rundir.format_number
 
 
 def _mechanism(by_task) -> tuple[str, list[str]]:

@@ -442,6 +442,20 @@ def locked(*directories: str, what: str = "run", shard: int | None = None) -> It
 # ---- Writing ----------------------------------------------------------------------------
 
 
+def format_number(
+  value: float | None, digits: int = 1, scale: float = 1.0, *, missing: str = "n/a"
+) -> str:
+  """``scale * value`` with ``digits`` decimals, for the markdown tables of runs and benchmarks.
+
+  No value (``None``, or non-finite: what :func:`to_json_value` writes as ``null``) reads as
+  ``missing``, never as ``nan``: ``"n/a"`` in the sweep's tables, ``"—"`` in the benchmark
+  reports (where the backend reported nothing).
+  """
+  if value is None or not math.isfinite(value):
+    return missing
+  return f"{scale * value:.{digits}f}"
+
+
 def to_json_value(value: Any) -> Any:
   """Converts numpy/jax scalars, arrays and containers to JSON values (non-finite -> None)."""
   if isinstance(value, Mapping):
