@@ -360,6 +360,7 @@ def format_table(rows: Sequence[Mapping], grid: Grid) -> str:
     " attention: the gold symbol was read), then that share's chance level, 1 - (1 - 1/n)^K"
     " for K heads choosing uniformly among a step's n source positions; `head entropy"
     " (best)`: each head's mean entropy in nats, averaged over heads (the best head's)."
+    " Each seed's best head is its own (a different model); the table averages them."
   ]
   lines = [
     "# Soft vs hard attention: comparison",

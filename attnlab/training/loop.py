@@ -161,7 +161,7 @@ def train_seeds(
     ``token_accuracy`` of greedy decoding, then from a teacher-forced pass ``nll``,
     ``alignment_accuracy``, ``lenient_alignment_accuracy``, ``attention_mass_on_gold``,
     ``attention_entropy``, ``support_size`` (multi-head models add the per-head alignment
-    and entropy of :func:`attnlab.metrics.multi_head_alignment`); at probe steps
+    and entropy of :meth:`attnlab.metrics.HeadAlignment.summary`); at probe steps
     ``grad/variance`` (and
     ``grad/cosine``, ``grad/bias_sq``, ``grad/snr`` where the probe gives them;
     deterministic gradients get ``grad/variance = 0`` without probing); ``steps_per_second``
