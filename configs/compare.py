@@ -243,7 +243,10 @@ TRANSFORMER_METHODS = (
 # Step budgets (runs stop earlier when they converge). Copy and reverse: soft attention
 # reaches 100% validation by step 600 with this schedule (one seed, decay over 1,000);
 # localize: 98.4% at step 1,000 (decay over 1,000), still rising. Sort, recall and
-# addition: the default preset's budgets, not calibrated for the Transformer.
+# addition: the default preset's budgets, not calibrated for the Transformer. Sort and
+# addition converge within them; recall does not: soft attention plateaus near 37% until
+# about step 5,000 and reaches 83% at 15,000 (seed 0, decay over 15,000), so its column
+# measures a plateau (results/compare_transformer_sra/recall_budget.md).
 _TRANSFORMER_STEPS = {
   "copy": 800,
   "reverse": 800,

@@ -325,6 +325,23 @@ def test_claims_state_each_textbook_row_with_its_numbers(tmp_path):
   assert "in 2, faster in 0" in text
 
 
+def test_claims_leave_out_a_task_soft_attention_did_not_learn(tmp_path):
+  grid = _claims_sweep(tmp_path, localize_gap=0.0)
+  baseline = table.format_claims(table.collect_results(str(tmp_path), grid), grid)
+  for seed in grid.seeds:  # recall: soft 40%, REINFORCE 30%, neither solved nor converged.
+    soft = _summary(0.4, attention="soft", objective="soft", **{"val/support_size": 9.0})
+    _write_run(tmp_path, "recall", "soft", seed, soft)
+    hard = _summary(0.3, attention="hard", objective="reinforce")
+    _write_run(tmp_path, "recall", "rloo4", seed, hard)
+  with_recall = table.Grid(("copy", "localize", "recall"), grid.methods, grid.seeds,
+                           hardware="box", command="python -m x")  # fmt: skip
+  text = table.format_claims(table.collect_results(str(tmp_path), with_recall), with_recall)
+  assert "- Left out of every row: recall (soft `soft` solved 0/2 seeds)." in text
+  assert "- recall" not in text and "9.0 source positions" not in text
+  # Every row's verdict and evidence is the one without recall's runs.
+  assert text.split("## Mechanism")[1] == baseline.split("## Mechanism")[1]
+
+
 def test_claims_say_where_a_claim_does_not_hold_or_was_not_measured(tmp_path):
   grid = _claims_sweep(tmp_path, localize_gap=-0.8)  # hard worst on localize
   os.remove(tmp_path / rundir.BENCH_COST_FILE)

@@ -638,7 +638,7 @@ def _rows_by_task(rows: Sequence[Mapping], grid: Grid) -> dict[str, list[_Row]]:
   return by_task
 
 
-def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
+def _soft_reference_and_hard(by_task: Mapping[str, list[_Row]]):
   """``(task, soft, hard rows)`` of every task with a soft reference (its first softmax row)
   and REINFORCE rows."""
   for task, rows in by_task.items():
@@ -646,6 +646,24 @@ def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
     hard = [r for r in rows if r.kind == "rl"]
     if soft is not None and hard:
       yield task, soft, hard
+
+
+def _soft_and_hard(by_task: Mapping[str, list[_Row]]):
+  """:func:`_soft_reference_and_hard` of the tasks whose soft reference solved a seed: where
+  soft attention learnt nothing within the budget, every row is unconverged and the task
+  compares budgets, not attention kinds (:func:`_unlearnt`)."""
+  for task, soft, hard in _soft_reference_and_hard(by_task):
+    if soft.solved()[0]:
+      yield task, soft, hard
+
+
+def _unlearnt(by_task: Mapping[str, list[_Row]]) -> list[str]:
+  """One phrase per task left out of the claims because its soft reference solved no seed."""
+  return [
+    f"{task} (soft {soft.name()} solved {soft.solved()[0]}/{soft.solved()[1]} seeds)"
+    for task, soft, _ in _soft_reference_and_hard(by_task)
+    if not soft.solved()[0]
+  ]
 
 
 _f = rundir.format_number
@@ -863,8 +881,9 @@ def format_claims(
   """The text of ``claims.md``: the textbook table's five rows, each against the measurements.
 
   Soft attention here is each task's first softmax row; hard attention the rows trained by
-  REINFORCE (``objective == "reinforce"``). Alignment and entropy are the multi-head
-  metrics (best head, mean over heads) where the runs have them.
+  REINFORCE (``objective == "reinforce"``). A task whose soft row solved no seed is left out
+  of every row, and named: its rows are all unconverged. Alignment and entropy are the
+  multi-head metrics (best head, mean over heads) where the runs have them.
 
   Args:
     rows: :func:`collect_results` rows.
@@ -908,6 +927,16 @@ def format_claims(
       _use_cases(by_task),
     ),
   ]
+  unlearnt = _unlearnt(by_task)
+  left_out = (
+    [
+      f"- Left out of every row: {'; '.join(unlearnt)}. Where soft attention learnt nothing"
+      " within the budget, every row is unconverged: such a task compares budgets, not"
+      " attention kinds."
+    ]
+    if unlearnt
+    else []
+  )
   lines = [
     "# Soft vs hard attention: the textbook table, measured",
     "",
@@ -917,6 +946,7 @@ def format_claims(
     "- Soft: each task's first softmax row; hard: the rows trained by REINFORCE. 'Solved':"
     f" test exact match at least {SOLVED_ACCURACY:.0%}. Hardware:"
     f" {grid.hardware or 'not recorded'}.",
+    *left_out,
     "",
     "| row | textbook claim | verdict here |",
     "|---|---|---|",
