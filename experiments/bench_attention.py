@@ -36,7 +36,6 @@ FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -191,8 +190,7 @@ def _add_ratios(rows, reference_names):
       row["ratio_" + phase.removesuffix("_ms")] = ratio
 
 
-# The benchmark reports' number format: "—" where nothing was measured or reported.
-_fmt = functools.partial(rundir.format_number, missing="—")
+_fmt = rundir.format_report_number
 
 
 def _time_table(rows, title, reference):

@@ -40,7 +40,6 @@ beyond its inputs (q, K, V: the same for every kind). Ratios are soft / hard, on
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -88,8 +87,10 @@ class Settings:
       cli.require_int(name, getattr(self, name))
     for name in ("lengths", "value_dims"):
       values = getattr(self, name)
-      if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+      if not values:
         raise ValueError(f"{name}={values!r} must be a non-empty tuple of ints >= 1.")
+      for i, value in enumerate(values):
+        cli.require_int(f"{name}[{i}]", value)
     if not self.max_value_gib > 0:
       raise ValueError(f"max_value_gib={self.max_value_gib!r} must be > 0.")
 
@@ -238,8 +239,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
   )
 
 
-# The benchmark reports' number format: "—" where nothing was measured or reported.
-_fmt = functools.partial(rundir.format_number, missing="—")
+_fmt = rundir.format_report_number
 
 
 def _kib(x) -> str:

@@ -38,7 +38,6 @@ The header records the load average: on a shared machine, rerun on a quiet one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -494,8 +493,7 @@ def seeds_to_markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-# The benchmark reports' number format: "—" where nothing was measured or reported.
-_fmt = functools.partial(rundir.format_number, missing="—")
+_fmt = rundir.format_report_number
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -93,6 +93,13 @@ def test_run_benchmark_rows_ratios_and_markdown(tmp_path):
 
 
 def test_settings_reject_counts_that_would_time_nothing():
-  for bad in ({"rounds": 0}, {"reps": 0}, {"lengths": ()}, {"value_dims": (0,)}):
-    with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
+  bad_settings = (
+    ({"rounds": 0}, "rounds=0"),
+    ({"reps": 0}, "reps=0"),
+    ({"lengths": ()}, r"lengths=\(\) must be a non-empty tuple"),
+    ({"value_dims": (64, 0)}, r"value_dims\[1\]=0 must be an int >= 1"),
+    ({"lengths": (True,)}, r"lengths\[0\]=True"),  # A bool is not a count.
+  )
+  for bad, message in bad_settings:
+    with pytest.raises(ValueError, match=message):
       bench_cost.Settings(**{**_TOY.__dict__, **bad})

@@ -67,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import json
 import logging
 import math
@@ -454,6 +455,11 @@ def format_number(
   if value is None or not math.isfinite(value):
     return missing
   return f"{scale * value:.{digits}f}"
+
+
+# The benchmark reports' number format (experiments/bench_*.py): "—" where nothing was
+# measured or the backend reported nothing.
+format_report_number = functools.partial(format_number, missing="—")
 
 
 def to_json_value(value: Any) -> Any:
