@@ -36,6 +36,7 @@ FLOP convention: forward = 4·B·H·Tq·Tk·D (two matmuls); forward+backward = 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -86,6 +87,18 @@ _OUT = flags.DEFINE_string(
 _MEMORY_CHILD = flags.DEFINE_string(
   "memory_child", None, "Internal: 'method:T:batch', run one case and print peak RSS JSON."
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  """The attention's shape and the memory suite's sizes: the flags, read once in ``main``."""
+
+  heads: int
+  head_dim: int
+  max_score_gib: float
+  memory_length: int
+  plain_memory_length: int
+
 
 _EXACT = ("attnlab_soft", "attnlab_chunked", "attnlab_dpa", "jax_nn", "flax_linen")
 # Forward+backward FLOPs as a multiple of the forward's 4·B·H·Tq·Tk·D.
@@ -149,22 +162,22 @@ def _matmul_gflops(dtype, reps, size=2048):
   return 2.0 * size**3 / seconds / 1e9
 
 
-def _time_suite(names, lengths, batch, dtypes, reps, with_matmul):
+def _time_suite(names, lengths, batch, dtypes, reps, with_matmul, shapes: Shapes):
   rows = []
   methods = _methods()
   for dtype_name in dtypes:
     dtype = jnp.dtype(dtype_name)
     matmul = _matmul_gflops(dtype, reps) if with_matmul else None
     for length in lengths:
-      q, k, v, cotangent = _inputs(batch, length, _HEADS.value, _HEAD_DIM.value, dtype)
-      score_gib = 4 * batch * _HEADS.value * length**2 / 2**30
-      flops = _attention_flops(batch, length, _HEADS.value, _HEAD_DIM.value)
+      q, k, v, cotangent = _inputs(batch, length, shapes.heads, shapes.head_dim, dtype)
+      score_gib = 4 * batch * shapes.heads * length**2 / 2**30
+      flops = _attention_flops(batch, length, shapes.heads, shapes.head_dim)
       for name in names:
-        row = dict(method=name, length=length, batch=batch, heads=_HEADS.value,
-                   head_dim=_HEAD_DIM.value, dtype=dtype_name, fwd_ms=None, fwd_bwd_ms=None,
+        row = dict(method=name, length=length, batch=batch, heads=shapes.heads,
+                   head_dim=shapes.head_dim, dtype=dtype_name, fwd_ms=None, fwd_bwd_ms=None,
                    skipped=None)  # fmt: skip
-        if _materialises_scores(name) and score_gib > _MAX_SCORE_GIB.value:
-          row["skipped"] = f"scores {score_gib:.1f} GiB > --max_score_gib={_MAX_SCORE_GIB.value}"
+        if _materialises_scores(name) and score_gib > shapes.max_score_gib:
+          row["skipped"] = f"scores {score_gib:.1f} GiB > --max_score_gib={shapes.max_score_gib}"
         else:
           forward, fwd_bwd = _fwd_and_fwd_bwd(methods[name])
           row["fwd_ms"] = 1e3 * _median_seconds(forward, q, k, v, reps=reps)
@@ -367,10 +380,10 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _memory_child(spec: str) -> None:
+def _memory_child(spec: str, shapes: Shapes) -> None:
   method, length, batch = spec.split(":")
   length, batch = int(length), int(batch)
-  q, k, v, cotangent = _inputs(batch, length, _HEADS.value, _HEAD_DIM.value, jnp.float32)
+  q, k, v, cotangent = _inputs(batch, length, shapes.heads, shapes.head_dim, jnp.float32)
   jax.block_until_ready((q, k, v, cotangent))
   inputs_gib = _peak_rss_gib()
   seconds = None
@@ -384,10 +397,10 @@ def _memory_child(spec: str) -> None:
                         first_call_s=seconds)))  # fmt: skip
 
 
-def _run_memory_case(method, length, batch):
+def _run_memory_case(method, length, batch, shapes: Shapes):
   cmd = [sys.executable, "-m", "experiments.bench_attention",
-         f"--memory_child={method}:{length}:{batch}", f"--heads={_HEADS.value}",
-         f"--head_dim={_HEAD_DIM.value}"]  # fmt: skip
+         f"--memory_child={method}:{length}:{batch}", f"--heads={shapes.heads}",
+         f"--head_dim={shapes.head_dim}"]  # fmt: skip
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
   done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
   if done.returncode != 0:
@@ -395,17 +408,16 @@ def _run_memory_case(method, length, batch):
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _memory_suite():
-  length, plain_length, batch = _MEMORY_LENGTH.value, _PLAIN_MEMORY_LENGTH.value, 1
-  heads = _HEADS.value
-  rows = [_run_memory_case("baseline", length, batch),
-          _run_memory_case("attnlab_chunked", length, batch)]  # fmt: skip
-  plain_gib = 4 * batch * heads * length**2 / 2**30
-  if plain_gib <= _MAX_SCORE_GIB.value:
-    rows.append(_run_memory_case("attnlab_soft", length, batch))
+def _memory_suite(shapes: Shapes):
+  length, plain_length, batch = shapes.memory_length, shapes.plain_memory_length, 1
+  rows = [_run_memory_case("baseline", length, batch, shapes),
+          _run_memory_case("attnlab_chunked", length, batch, shapes)]  # fmt: skip
+  plain_gib = 4 * batch * shapes.heads * length**2 / 2**30
+  if plain_gib <= shapes.max_score_gib:
+    rows.append(_run_memory_case("attnlab_soft", length, batch, shapes))
   else:
-    small = _run_memory_case("attnlab_soft", plain_length, batch)
-    small_base = _run_memory_case("baseline", plain_length, batch)
+    small = _run_memory_case("attnlab_soft", plain_length, batch, shapes)
+    small_base = _run_memory_case("baseline", plain_length, batch, shapes)
     rows += [small_base, small]
     if "peak_rss_gib" in small:
       growth = (length / plain_length) ** 2
@@ -430,8 +442,15 @@ def _memory_table(rows):
 
 def main(argv):
   del argv
+  shapes = Shapes(
+    heads=_HEADS.value,
+    head_dim=_HEAD_DIM.value,
+    max_score_gib=_MAX_SCORE_GIB.value,
+    memory_length=_MEMORY_LENGTH.value,
+    plain_memory_length=_PLAIN_MEMORY_LENGTH.value,
+  )
   if _MEMORY_CHILD.value:
-    _memory_child(_MEMORY_CHILD.value)
+    _memory_child(_MEMORY_CHILD.value, shapes)
     return
   backend = jax.default_backend()
   dtypes = _DTYPES.value or (["float32", "bfloat16"] if backend == "gpu" else ["float32"])
@@ -448,7 +467,8 @@ def main(argv):
   if suite in ("all", "primitives"):
     print("primitives suite", flush=True)
     rows = _time_suite(("attnlab_soft", "jax_nn", "flax_linen"), lengths or [128, 512, 2048],
-                       _BATCH.value or 4, dtypes, _REPS.value, with_matmul=False)  # fmt: skip
+                       _BATCH.value or 4, dtypes, _REPS.value, with_matmul=False,
+                       shapes=shapes)  # fmt: skip
     _add_ratios(rows, ("attnlab_soft",))
     report["primitives"] = rows
     markdown.append(_time_table(rows, "Primitives (issue 2)", "attnlab_soft"))
@@ -456,7 +476,7 @@ def main(argv):
     print("efficient suite", flush=True)
     names = ("attnlab_soft", "attnlab_chunked", "attnlab_linear", "jax_nn", "flax_linen")
     rows = _time_suite(names, lengths or [512, 2048, 8192], _BATCH.value or 1, dtypes,
-                       _REPS.value, with_matmul=True)  # fmt: skip
+                       _REPS.value, with_matmul=True, shapes=shapes)  # fmt: skip
     _add_ratios(rows, _ATTNLAB_EXACT)
     report["efficient"] = rows
     report["linear_scaling"] = _linear_scaling(rows)
@@ -467,11 +487,11 @@ def main(argv):
                       "(linear scaling = 4x).\n")  # fmt: skip
   if suite in ("all", "memory"):
     print("memory suite", flush=True)
-    report["memory"] = _memory_suite()
+    report["memory"] = _memory_suite(shapes)
     markdown.append(_memory_table(report["memory"]))
   if suite in ("all", "targets"):
     print("targets suite", flush=True)
-    report["targets"] = _targets_suite(_ROUNDS.value, _REPS.value, _HEADS.value, _HEAD_DIM.value)
+    report["targets"] = _targets_suite(_ROUNDS.value, _REPS.value, shapes.heads, shapes.head_dim)
     markdown.append(_targets_text(report["targets"]))
   if suite == "dispatch":
     print("dispatch suite", flush=True)
@@ -481,8 +501,8 @@ def main(argv):
       _BATCH.value or 4,
       dispatch_dtypes,
       _REPS.value,
-      _HEADS.value,
-      _HEAD_DIM.value,
+      shapes.heads,
+      shapes.head_dim,
     )
     markdown.append(_dispatch_table(report["dispatch"]))
   text = "\n".join(markdown)
