@@ -13,8 +13,8 @@ and cosine schedule, clipping), objective and NaN guard, for ``--num_seeds`` see
   batches (host sampling is not timed). Blocks of all cases of one length are interleaved,
   so load drifts hit every case alike.
 * host ms/step: the loop's own work per step beside the step, timed apart: sampling the
-  step's batch on the host (``step.host_train_batch``) and placing it on the devices
-  (``sharding.put``), median over ``--blocks`` x ``--steps_per_block`` batches. The loop
+  step's batch on the host and placing it on the devices, as the loop does
+  (``step.placed_train_batch``), median over ``--blocks`` x ``--steps_per_block`` batches. The loop
   builds step t+1's batch while step t runs (dispatch is asynchronous), so on an
   accelerator it overlaps the step; on a CPU the two share the cores.
 
@@ -51,7 +51,7 @@ import ml_collections
 from absl import app, flags
 
 from attnlab.training import config as config_lib
-from attnlab.training import overrides, rundir, sharding, step
+from attnlab.training import overrides, rundir, step
 from configs import default as default_config
 from experiments import cli
 
@@ -298,9 +298,7 @@ def host_batch_ms(bench: Bench, count: int) -> float:
   times = []
   for i in range(count):
     start = time.perf_counter()
-    batch = sharding.put(
-      step.host_train_batch(task, bench.run.train.batch_size, seeds, i), layout.batch
-    )
+    batch = step.placed_train_batch(task, bench.run.train.batch_size, seeds, i, layout.batch)
     jax.block_until_ready(batch)
     times.append(1e3 * (time.perf_counter() - start))
   return statistics.median(times)

@@ -291,9 +291,8 @@ def _train_loop(run, compiled: CompiledRun, seeds, workdirs, checkpointers, call
   base_keys = sharding.put(host_keys, layout.state)
   nan_at_step = sharding.put(np.int32(train_cfg.nan_at_step), layout.replicated)
 
-  def batch_at(step: int):  # Every process builds the global batch, keeps its shards.
-    host = step_lib.host_train_batch(task, train_cfg.batch_size, seeds, step)
-    return sharding.put(host, layout.batch)
+  def batch_at(step: int):
+    return step_lib.placed_train_batch(task, train_cfg.batch_size, seeds, step, layout.batch)
 
   clock = time.perf_counter()
   state = step_lib.init_states(

@@ -157,6 +157,14 @@ def host_train_batch(
   return tasks.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True)))
 
 
+def placed_train_batch(
+  task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int, placement: Any
+) -> tasks.Batch:
+  """:func:`host_train_batch` placed as the training step takes it (``placement``: the
+  layout's ``batch`` sharding). Every process builds the global batch and keeps its shards."""
+  return sharding.put(host_train_batch(task, batch_size, seeds, step), placement)
+
+
 def train_batch(task: tasks.Task, batch_size: int, seeds: Sequence[int], step: int) -> tasks.Batch:
   """:func:`host_train_batch` as jax arrays on the default device."""
   return _jnp_batch(host_train_batch(task, batch_size, seeds, step))
