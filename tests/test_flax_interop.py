@@ -290,9 +290,11 @@ def test_nnx_multi_head_attention_with_is_causal_and_sown_weights():
     num_heads=2, in_features=8, decode=False, attention_fn=fn, rngs=nnx.Rngs(0)
   )
   ours, ref = make(attnlab.flax_attention_fn), make(nnx.dot_product_attention)
-  y = ours(x, is_causal=True, sow_weights=True)
-  np.testing.assert_allclose(y, ref(x, is_causal=True, sow_weights=True), **TOL)
-  weights = nnx.pop(ours, nnx.Intermediate)["attention_weights"].get_value()[0]
-  ref_weights = nnx.pop(ref, nnx.Intermediate)["attention_weights"].get_value()[0]
+  # nnx.capture collects what the call sows (sowing outside it is deprecated in flax 0.12).
+  y, sown = nnx.capture(ours, nnx.Intermediate)(x, is_causal=True, sow_weights=True)
+  y_ref, ref_sown = nnx.capture(ref, nnx.Intermediate)(x, is_causal=True, sow_weights=True)
+  np.testing.assert_allclose(y, y_ref, **TOL)
+  weights = sown["attention_weights"].get_value()[0]
+  ref_weights = ref_sown["attention_weights"].get_value()[0]
   assert weights.shape == (2, 2, 5, 5)
   np.testing.assert_allclose(weights, ref_weights, **TOL)
