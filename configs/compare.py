@@ -17,7 +17,7 @@ Run (resumable: rerun the same command to finish an interrupted sweep)::
 Presets (``arg`` = ``preset[:method,method,...]``):
   default  5 tasks × 11 methods × 3 seeds (48 groups: the REINFORCE, Gumbel and variational
            rows skip addition, `config.skip`), each run until it converges (every validation
-           sequence right, configs/default.py's stop rule) or its task's step budget; 19-25 min
+           sequence right, configs/default.py's stop rule) or its task's step budget; 18.5-25 min
            on a 2-core CPU, install included (docs/results.md).
   ablation copy and reverse × hard attention with each part of the default architecture
            changed (position-embedded values, no length embedding, expected-context
