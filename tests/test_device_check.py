@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_dry_run_runs_every_step_and_writes_its_tables(tmp_path):
   out = tmp_path / "device_check"
-  # Inherits conftest's XLA_FLAGS (optimisation level 0): a plumbing check, compile-bound.
+  # Inherits conftest's XLA_FLAGS (compile speed first): a plumbing check, compile-bound.
   # TMPDIR: the sweep's node-local compilation cache goes under tmp_path.
   env = dict(os.environ, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
   done = subprocess.run(

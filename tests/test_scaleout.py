@@ -66,7 +66,7 @@ def _assert_runs_close(workdirs, reference_dirs, *, steps=None):
 
 def _env(num_devices):
   env = dict(os.environ)
-  flags = env.get("XLA_FLAGS", "")  # conftest.py's optimisation level, if set.
+  flags = env.get("XLA_FLAGS", "")  # conftest.py's compile-speed flags, if set.
   env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={num_devices}".strip()
   env["PYTHONPATH"] = os.pathsep.join([_REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
   env["JAX_PLATFORMS"] = "cpu"
