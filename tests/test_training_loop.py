@@ -422,17 +422,18 @@ def test_the_donated_step_equals_an_undonated_one_bitwise():
   compiled = step.compile_run(run)
   keys = step.seed_keys([0, 1])
   undonated = jax.jit(jax.vmap(compiled.program.train_step, in_axes=(0, 0, 0, None, 0)))
-  state = step.init_states(compiled, keys, step.train_batch(run.task, 8, [0, 1], 0))
+  actives = ([True, True], [True, True], [True, False], [False, True])
+  batches = [step.train_batch(run.task, 8, [0, 1], i) for i in range(len(actives))]
+  state = step.init_states(compiled, keys, batches[0])
   reference = jax.tree.map(jnp.copy, state)
   emitters_off = "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
   on_cpu = jax.default_backend() == "cpu"
   options = {"xla_cpu_use_fusion_emitters": True} if emitters_off and on_cpu else None
-  example = (state, step.train_batch(run.task, 8, [0, 1], 0), keys, np.int32(-1), np.ones(2, bool))
+  example = (state, batches[0], keys, np.int32(-1), np.ones(2, bool))
   donated_step, undonated_step = [
     f.lower(*example).compile(compiler_options=options) for f in (compiled.step, undonated)
   ]
-  for i, active in enumerate(([True, True], [True, True], [True, False], [False, True])):
-    batch = step.train_batch(run.task, 8, [0, 1], i)
+  for batch, active in zip(batches, actives, strict=True):
     previous = state
     state = donated_step(state, batch, keys, np.int32(-1), np.array(active))
     reference = undonated_step(reference, batch, keys, np.int32(-1), np.array(active))
