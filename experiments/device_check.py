@@ -17,7 +17,7 @@ Steps, each a subprocess on the default JAX backend (the GPU when there is one):
   tests      the GPU-relevant tests (:data:`GPU_TESTS`: float32 numerics at the stated
              matmul precision, the attention dispatch, the training loop, the sweep workers'
              environments) on that backend, ``--test_workers`` xdist workers sharing the GPU
-             without memory preallocation (tests/conftest.py). The whole suite takes 8.5-10
+             without memory preallocation (tests/conftest.py). The whole suite takes 8.5-10.5
              minutes on 2 CPU cores: too long for the budget.
   attention  ``experiments.bench_attention --suite=dispatch`` in bfloat16:
              attnlab.dot_product_attention (the cuDNN dispatch) against jax.nn's

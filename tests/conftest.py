@@ -5,7 +5,7 @@
   optimisation level 0, and on CPU the classic loop emitters instead of XLA's MLIR fusion
   emitters (``--xla_cpu_use_fusion_emitters=false``). Test programs are tiny and
   compile-bound: level 0 roughly halves compile time, the classic emitters cut what is left
-  by about 60% (the suite: 512-588 s against 813-889 s on 2 cores, jaxlib 0.10.2), without
+  by about 60% (the suite: 512-613 s against 813-889 s on 2 cores, jaxlib 0.10.2), without
   changing results beyond float rounding. The trainer's programs keep XLA's defaults, and a
   test that asserts two compilations bitwise equal compiles them with the fusion emitters, as
   the trainer does. An XLA that does not know the emitter flag (an unknown flag aborts it)
